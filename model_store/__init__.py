@@ -1,0 +1,31 @@
+"""Library a training script uses: checkpoints, exports and verifiable versions in a store."""
+
+from .checkpoint import CheckpointManager
+from .errors import (
+    ExportMismatch,
+    ManifestError,
+    StoreError,
+    UntrustedPickle,
+    VerificationFailed,
+)
+from .manifest import Manifest
+from .policy import VersionPolicy
+from .runtimes import model_factory
+from .store import ModelStore, VersionState, VersionStatus
+from .verify import VerifyReport
+
+__all__ = [
+    "CheckpointManager",
+    "ExportMismatch",
+    "Manifest",
+    "ManifestError",
+    "ModelStore",
+    "StoreError",
+    "UntrustedPickle",
+    "VerificationFailed",
+    "VerifyReport",
+    "VersionPolicy",
+    "VersionState",
+    "VersionStatus",
+    "model_factory",
+]

@@ -1,0 +1,207 @@
+"""The work of a publish: golden outputs from the eager model, exports, and their checks.
+
+`plan` validates every argument before anything is written; `build` fills a staging folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import formats as _formats
+from .errors import ExportMismatch, StoreError
+from .manifest import FORMATS, Artifact, Examples, Manifest, ModelFactory
+from .runtimes import Tensors, load_runtime, resolve_factory
+from .signature import Signature, names_for
+from .verify import HashCache, golden_problem, max_error, save_examples
+
+EXAMPLES_NAME = "examples.npz"
+
+
+@dataclass
+class Plan:
+    """A checked publish request: the model on the CPU, its inputs and golden outputs."""
+
+    model: torch.nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: Tensors
+    golden: Tensors
+    formats: tuple[str, ...]
+    factory: ModelFactory | None
+    metrics: dict[str, float]
+    opset: int | None = None
+    torchscript_method: str = "trace"
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    trust_pickle: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _factory(
+    factory: str | Callable[..., torch.nn.Module] | None, kwargs: dict[str, Any] | None
+) -> ModelFactory | None:
+    if factory is None:
+        if kwargs:
+            raise StoreError("factory_kwargs given without a model_factory")
+        return None
+    if callable(factory):
+        module = getattr(factory, "__module__", "")
+        if module == "__main__":
+            raise StoreError(
+                "model_factory is defined in __main__, which a server cannot import; "
+                "move it into an importable module"
+            )
+        factory = f"{module}:{factory.__qualname__}"
+    if not isinstance(factory, str) or ":" not in factory:
+        raise StoreError(f"model_factory {factory!r} must be 'module:callable' or a callable")
+    resolve_factory(factory)  # fail now, not when a server first tries to rebuild the model
+    return ModelFactory(factory, dict(kwargs or {}))
+
+
+def check_formats(formats: tuple[str, ...], trust_pickle: bool) -> tuple[str, ...]:
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise StoreError(
+            f"unknown format(s) {unknown or formats}; expected some of {list(FORMATS)}"
+        )
+    if "pickle" in formats and not trust_pickle:
+        raise StoreError("format 'pickle' needs trust_pickle=True (it runs code when loaded)")
+    return formats
+
+
+def plan(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    formats: tuple[str, ...],
+    model_factory: str | Callable[..., torch.nn.Module] | None,
+    factory_kwargs: dict[str, Any] | None,
+    *,
+    metrics: dict[str, float] | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    opset: int | None = None,
+    torchscript_method: str = "trace",
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    trust_pickle: bool = False,
+    description: str | None = None,
+    tags: tuple[str, ...] | list[str] = (),
+    training: dict[str, Any] | None = None,
+) -> Plan:
+    if not isinstance(model, torch.nn.Module):
+        raise StoreError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    formats = check_formats(formats, trust_pickle)
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise StoreError("example_inputs must be a tensor or a tuple of tensors")
+    args = tuple(a.detach().cpu() for a in args)
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    with torch.inference_mode():
+        out = cpu_model(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    in_names = names_for("input", len(args), input_names)
+    out_names = names_for("output", len(outs), output_names)
+    clean_metrics = {}
+    for k, v in (metrics or {}).items():
+        if not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise StoreError(f"metric {k!r} must be a finite number, got {v!r}")
+        clean_metrics[str(k)] = float(v)
+    return Plan(
+        model=cpu_model,
+        args=args,
+        inputs={n: a.numpy() for n, a in zip(in_names, args, strict=True)},
+        golden={n: t.detach().numpy() for n, t in zip(out_names, outs, strict=True)},
+        formats=formats,
+        factory=_factory(model_factory, factory_kwargs),
+        metrics=clean_metrics,
+        opset=opset,
+        torchscript_method=torchscript_method,
+        atol=atol,
+        rtol=rtol,
+        trust_pickle=trust_pickle,
+        extra={"description": description, "tags": tuple(tags), "training": training},
+    )
+
+
+def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
+    """Run the exported file as a server would and compare with the eager model."""
+    try:
+        runtime = load_runtime(
+            fmt,
+            path,
+            signature,
+            factory=plan.factory,
+            template=copy.deepcopy(plan.model),
+            trust_pickle=plan.trust_pickle,
+        )
+        got = runtime.predict(plan.inputs)
+    except StoreError as e:
+        raise ExportMismatch(f"refusing to publish: {fmt}: {e}") from None
+    problem = golden_problem(fmt, got, plan.golden, plan.atol, plan.rtol)
+    if problem:
+        raise ExportMismatch(
+            f"refusing to publish: {problem} (max error {max_error(got, plan.golden):.3g})"
+        )
+
+
+def _onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache) -> Manifest:
+    """Export every format into `staging`, check each, and return the manifest to write."""
+    signature = Signature.from_examples(plan.inputs, plan.golden)
+    artifacts = []
+    framework: dict[str, Any] = {"torch": torch.__version__, "numpy": np.__version__}
+    for fmt in plan.formats:
+        path = _formats.export(
+            fmt,
+            plan.model,
+            plan.args,
+            staging,
+            input_names=[s.name for s in signature.inputs],
+            output_names=[s.name for s in signature.outputs],
+            opset=plan.opset,
+            torchscript_method=plan.torchscript_method,
+            trust_pickle=plan.trust_pickle,
+        )
+        _check(plan, fmt, path, signature)
+        if fmt == "onnx":
+            framework["onnx_opset"] = _onnx_opset(path)
+            framework["onnxruntime"] = importlib.metadata.version("onnxruntime")
+        artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt))
+    examples_path = staging / EXAMPLES_NAME
+    save_examples(examples_path, plan.inputs, plan.golden)
+    return Manifest(
+        name=name,
+        version=version,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        artifacts=tuple(artifacts),
+        signature=signature,
+        examples=Examples(
+            EXAMPLES_NAME,
+            hashes.sha256(examples_path),
+            examples_path.stat().st_size,
+            atol=plan.atol,
+            rtol=plan.rtol,
+        ),
+        metrics=plan.metrics,
+        model_factory=plan.factory,
+        framework=framework,
+        parameter_count=sum(p.numel() for p in plan.model.parameters()),
+        training=plan.extra["training"],
+        description=plan.extra["description"],
+        tags=plan.extra["tags"],
+    )

@@ -1,0 +1,187 @@
+"""Checks a version before anyone trusts it: file sizes, sha256, signature, golden outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .manifest import Manifest
+from .runtimes import Runtime, Tensors, load_runtime
+
+_CHUNK = 1 << 20
+
+
+class HashCache:
+    """sha256 per (path, size, mtime): a repeated look at an unchanged file costs a stat."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._digests:
+                return self._digests[key]
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        with self._lock:
+            self._digests[key] = h.hexdigest()
+        return h.hexdigest()
+
+
+def save_examples(path: Path, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    """Example inputs and golden outputs in one .npz (read back with pickles disabled)."""
+    arrays = {f"in.{k}": v for k, v in inputs.items()} | {f"out.{k}": v for k, v in outputs.items()}
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_examples(path: Path) -> tuple[Tensors, Tensors]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ins = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
+            outs = {k[4:]: z[k] for k in z.files if k.startswith("out.")}
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path.name}: unreadable examples file ({e})") from None
+    return ins, outs
+
+
+def max_error(got: Mapping[str, np.ndarray[Any, Any]], want: Tensors) -> float:
+    """The largest absolute difference over all outputs (inf on a shape mismatch)."""
+    worst = 0.0
+    for name, w in want.items():
+        g = got.get(name)
+        if g is None or g.shape != w.shape:
+            return float("inf")
+        if w.size:
+            diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
+            worst = max(worst, float(np.nanmax(diff)) if np.isfinite(diff).all() else float("inf"))
+    return worst
+
+
+def golden_problem(
+    fmt: str, got: Mapping[str, np.ndarray[Any, Any]], want: Tensors, atol: float, rtol: float
+) -> str | None:
+    """Why outputs fail the golden check (non-finite, shape or tolerance), or None."""
+    for name, g in got.items():
+        if np.issubdtype(g.dtype, np.floating) and not np.isfinite(g).all():
+            return f"{fmt}: output {name!r} has non-finite values"
+    for name, w in want.items():
+        out = got.get(name)
+        if out is None or out.shape != w.shape:
+            shape = None if out is None else list(out.shape)
+            return f"{fmt}: output {name!r} shape {shape} != golden {list(w.shape)}"
+        if not np.allclose(out, w, atol=atol, rtol=rtol):
+            return (
+                f"{fmt}: outputs differ from the golden outputs "
+                f"(max error {max_error(got, want):.3g}, atol {atol:g}, rtol {rtol:g})"
+            )
+    return None
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of verifying one version. `ok` is False when any check failed."""
+
+    name: str
+    version: int
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    servable: list[str] = field(default_factory=list)
+    max_errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems)
+
+
+def check_files(folder: Path, manifest: Manifest, hashes: HashCache) -> list[str]:
+    """Missing files, wrong sizes and checksum mismatches."""
+    problems = []
+    for entry in manifest.files:
+        p = folder / entry.path
+        try:
+            size = p.stat().st_size
+        except OSError:
+            problems.append(f"{entry.path}: missing")
+            continue
+        if size != entry.size:
+            problems.append(f"{entry.path}: size {size} != manifest {entry.size}")
+        elif hashes.sha256(p) != entry.sha256:
+            problems.append(f"{entry.path}: sha256 mismatch (file changed or corrupted)")
+    return problems
+
+
+def check_artifact(
+    folder: Path, manifest: Manifest, fmt: str, *, device: str = "cpu", trust_pickle: bool = False
+) -> tuple[Runtime, float]:
+    """Load one artifact and reproduce the golden outputs; raise StoreError naming the failure."""
+    artifact = manifest.artifact(fmt)
+    if artifact is None:
+        raise StoreError(f"no {fmt} artifact in version {manifest.version}")
+    ins, want = load_examples(folder / manifest.examples.path)
+    runtime = load_runtime(
+        fmt,
+        folder / artifact.path,
+        manifest.signature,
+        device=device,
+        factory=manifest.model_factory,
+        trust_pickle=trust_pickle,
+    )
+    try:
+        got = runtime.predict(ins)
+    except Exception as e:  # any failure of the model on its own examples rejects it
+        raise StoreError(f"{fmt}: failed on the example inputs ({type(e).__name__}: {e})") from None
+    problem = golden_problem(fmt, got, want, manifest.examples.atol, manifest.examples.rtol)
+    if problem:
+        raise StoreError(problem)
+    return runtime, max_error(got, want)
+
+
+def verify_version(
+    folder: Path, manifest: Manifest, hashes: HashCache, *, trust_pickle: bool = False
+) -> VerifyReport:
+    """Every check a version must pass before it may serve, on the CPU."""
+    report = VerifyReport(manifest.name, manifest.version)
+    report.problems = check_files(folder, manifest, hashes)
+    if report.problems:
+        return report
+    try:
+        ins, outs = load_examples(folder / manifest.examples.path)
+    except StoreError as e:
+        report.problems.append(str(e))
+        return report
+    report.problems += manifest.signature.check(ins, outs)
+    if report.problems:
+        return report
+    for artifact in manifest.artifacts:
+        fmt = artifact.format
+        if fmt == "state_dict" and manifest.model_factory is None:
+            report.notes.append("state_dict: not servable: no model_factory")
+            continue
+        if fmt == "pickle" and not trust_pickle:
+            report.notes.append("pickle: not checked: untrusted pickle (needs trust_pickle)")
+            continue
+        try:
+            _, err = check_artifact(folder, manifest, fmt, trust_pickle=trust_pickle)
+        except StoreError as e:
+            report.problems.append(str(e))
+            continue
+        report.servable.append(fmt)
+        report.max_errors[fmt] = err
+    return report

@@ -1,0 +1,1 @@
+"""The modeldock inference server."""

@@ -1,0 +1,176 @@
+"""The `modeldock` command: wiring only; the work lives in model_store and server modules."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_store import ModelStore, StoreError, VersionState, VersionStatus
+
+
+def _age(created_at: str) -> str:
+    try:
+        then = dt.datetime.fromisoformat(created_at)
+    except ValueError:
+        return "?"
+    seconds = (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def _row(store: ModelStore, s: VersionStatus) -> list[str]:
+    m = s.manifest
+    folder = store.path(s.name, s.version)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    state = {
+        VersionState.VALID: "verified",
+        VersionState.PENDING: "pending",
+        VersionState.REJECTED: "REJECTED",
+    }[s.state]
+    notes = (
+        s.reason
+        if s.state is not VersionState.VALID
+        else "; ".join(s.report.notes if s.report else [])
+    )
+    return [
+        s.name,
+        str(s.version),
+        ",".join(a.format for a in m.artifacts) if m else "-",
+        " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items()) if m else "-",
+        _age(m.created_at) if m else "-",
+        f"{size / 1024:.0f}K",
+        state,
+        notes,
+    ]
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    )
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store)
+    rows = [_row(store, s) for name in store.models() for s in store.statuses(name)]
+    if not rows:
+        print(f"no models in {store.root}")
+        return 0
+    print(_table(rows, ["MODEL", "VERSION", "FORMATS", "METRICS", "AGE", "SIZE", "STATE", "NOTES"]))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store, trust_pickle=args.trust_pickle)
+    name, _, version = args.target.partition(":")
+    versions = [version] if version else store.version_folders(name)
+    if not versions:
+        raise StoreError(f"model {name!r} has no versions in {store.root}")
+    failed = 0
+    for v in versions:
+        report = store.verify(name, v)
+        verdict = "ok" if report.ok else "FAILED"
+        errors = ", ".join(f"{f} max error {e:.2g}" for f, e in report.max_errors.items())
+        print(f"{name}:{v} {verdict}" + (f" ({errors})" if errors else ""))
+        for line in report.problems + report.notes:
+            print(f"  {line}")
+        failed += not report.ok
+    return 1 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from model_store.demo import run_demo
+
+    run_demo(args.store, epochs=args.epochs)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import torch
+
+    from model_store.checkpoint import load_checkpoint
+    from model_store.manifest import ModelFactory
+    from model_store.publish import check_formats
+    from model_store.runtimes import build_model
+
+    try:
+        kwargs = json.loads(args.factory_kwargs)
+        shape = [int(x) for x in args.input_shape.split(",")]
+        metrics = {k: float(v) for k, v in (m.split("=", 1) for m in args.metric)}
+    except ValueError as e:
+        raise StoreError(f"bad argument: {e}") from None
+    store = ModelStore(args.store, trust_pickle=args.trust_pickle)  # fail fast on a bad store path
+    formats = check_formats(tuple(args.formats.split(",")), args.trust_pickle)
+    model = build_model(ModelFactory(args.factory, kwargs))
+    ckpt = load_checkpoint(args.checkpoint)
+    is_checkpoint = isinstance(
+        ckpt.get("model"), dict
+    )  # CheckpointManager's file, else a state_dict
+    model.load_state_dict(ckpt["model"] if is_checkpoint else ckpt)
+    if is_checkpoint:
+        metrics = {**ckpt.get("metrics", {}), **metrics}
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    version = store.publish(
+        args.name,
+        model,
+        example_inputs=example,
+        metrics=metrics,
+        formats=formats,
+        model_factory=args.factory,
+        factory_kwargs=kwargs,
+    )
+    print(f"published {args.name}:{version} to {store.root}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modeldock", description="Serve PyTorch models from a verified store."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--store", default="models", help="store folder (default ./models)")
+        return sp
+
+    add("demo", "train the digits demo and publish two versions").add_argument(
+        "--epochs", type=int, default=12
+    )
+    add("ls", "list models and versions")
+    v = add("verify", "verify NAME or NAME:VERSION")
+    v.add_argument("target")
+    v.add_argument("--trust-pickle", action="store_true")
+    pub = add("publish", "publish a checkpoint or state_dict file as a new version")
+    pub.add_argument("checkpoint", type=Path)
+    pub.add_argument("--name", required=True)
+    pub.add_argument("--factory", required=True, help="module:callable that builds the model")
+    pub.add_argument(
+        "--factory-kwargs", default="{}", help="JSON keyword arguments for the factory"
+    )
+    pub.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
+    pub.add_argument("--formats", default="onnx,torchscript,state_dict")
+    pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
+    pub.add_argument("--trust-pickle", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    handlers = {"demo": cmd_demo, "ls": cmd_ls, "verify": cmd_verify, "publish": cmd_publish}
+    try:
+        code = handlers[args.command](args)
+    except StoreError as e:
+        print(f"modeldock: error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

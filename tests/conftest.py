@@ -1,0 +1,30 @@
+"""Shared fixtures: a store with published versions of a tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model_store import ModelStore
+from tests.fakes import TinyMLP, example_input
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "models")
+
+
+def publish_tiny(store: ModelStore, name: str = "tiny", seed: int = 0, **kw: object) -> int:
+    kw.setdefault("model_factory", TinyMLP)
+    kw.setdefault("factory_kwargs", {"seed": seed})
+    return store.publish(name, TinyMLP(seed=seed), example_inputs=example_input(), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tiny_store(store: ModelStore) -> Iterator[ModelStore]:
+    """Two valid versions of `tiny` with val_acc 0.9 (v1) and 0.8 (v2)."""
+    publish_tiny(store, seed=0, metrics={"val_acc": 0.9, "val_loss": 0.3})
+    publish_tiny(store, seed=1, metrics={"val_acc": 0.8, "val_loss": 0.2})
+    yield store
