@@ -19,7 +19,7 @@ $(STORE)/digits: | $(BIN)/modeldock
 	$(BIN)/modeldock demo --store $(STORE)
 
 serve: $(BIN)/modeldock $(STORE)/digits
-	$(BIN)/modeldock ls --store $(STORE)
+	$(BIN)/modeldock serve --store $(STORE)
 
 lint: $(BIN)/modeldock
 	$(BIN)/ruff check model_store server tests bench

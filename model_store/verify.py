@@ -128,7 +128,13 @@ def check_files(folder: Path, manifest: Manifest, hashes: HashCache) -> list[str
 
 
 def check_artifact(
-    folder: Path, manifest: Manifest, fmt: str, *, device: str = "cpu", trust_pickle: bool = False
+    folder: Path,
+    manifest: Manifest,
+    fmt: str,
+    *,
+    device: str = "cpu",
+    trust_pickle: bool = False,
+    threads: int | None = None,
 ) -> tuple[Runtime, float]:
     """Load one artifact and reproduce the golden outputs; raise StoreError naming the failure."""
     artifact = manifest.artifact(fmt)
@@ -142,6 +148,7 @@ def check_artifact(
         device=device,
         factory=manifest.model_factory,
         trust_pickle=trust_pickle,
+        threads=threads,
     )
     try:
         got = runtime.predict(ins)

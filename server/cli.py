@@ -131,6 +131,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+
+    return serve(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modeldock", description="Serve PyTorch models from a verified store."
@@ -160,12 +166,21 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--formats", default="onnx,torchscript,state_dict")
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
     pub.add_argument("--trust-pickle", action="store_true")
+    from server.config import add_serve_arguments
+
+    add_serve_arguments(add("serve", "serve the store over the Open Inference Protocol v2"))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    handlers = {"demo": cmd_demo, "ls": cmd_ls, "verify": cmd_verify, "publish": cmd_publish}
+    handlers = {
+        "demo": cmd_demo,
+        "ls": cmd_ls,
+        "verify": cmd_verify,
+        "publish": cmd_publish,
+        "serve": cmd_serve,
+    }
     try:
         code = handlers[args.command](args)
     except StoreError as e:

@@ -52,3 +52,45 @@ class Malicious:
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (self.path, "w"))
+
+
+FAIL_VALUE = -777.0
+SLEEP_VALUE = 999.0
+
+
+class FlakyModel(TinyMLP):
+    """Raises when a row starts with FAIL_VALUE: a model failing on one valid input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] == FAIL_VALUE).any()):
+            raise RuntimeError("flaky model hit its failing input")
+        return super().forward(x)
+
+
+class SlowModel(TinyMLP):
+    """Sleeps 60 s when a row starts with SLEEP_VALUE: a hung predict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] == SLEEP_VALUE).any()):
+            import time
+
+            time.sleep(60)
+        return super().forward(x)
+
+
+class FakeRuntime:
+    """A Runtime whose predict is any function: for batching tests without a model file."""
+
+    format = "fake"
+    device = "cpu"
+
+    def __init__(self, fn):  # type: ignore[no-untyped-def]
+        self.fn = fn
+        self.calls: list[int] = []
+
+    def predict(self, inputs):  # type: ignore[no-untyped-def]
+        self.calls.append(len(inputs["input"]))
+        return {"output": self.fn(inputs["input"])}
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": "fake"}

@@ -1,0 +1,151 @@
+"""Assembles the server: LitServer subclass, models, routes, signals; `modeldock serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import litserve as ls
+
+from model_store import ModelStore, StoreError
+
+from .api import ModelAPI
+from .board import Board
+from .config import ConfigError, ServerConfig, from_args
+from .loader import default_threads
+from .routes import Routes
+
+log = logging.getLogger("modeldock")
+_LITSERVE_HOSTS = ("0.0.0.0", "127.0.0.1", "::")
+
+
+class ModeldockServer(ls.LitServer):  # type: ignore[misc]
+    """LitServer with our routes, a status board, any listen address and graceful SIGTERM."""
+
+    def __init__(self, apis: list[ModelAPI], cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.board: Board | None = None
+        super().__init__(
+            apis,
+            accelerator="cpu",  # devices are chosen per model by our loader, not by LitServe
+            workers_per_device={api.api_path: api.cfg.workers for api in apis},
+            timeout=False,  # our loop and spec own timeouts
+            disable_openapi_url=True,
+            restart_workers=True,  # a worker recycled by the inference watchdog comes back
+        )
+        self.uvicorn_graceful_timeout = cfg.grace_period_s
+        Routes([a.cfg for a in apis], self._board, cfg.api_key).register(self.app)
+
+    def _board(self) -> Board:
+        assert self.board is not None, "the board exists once the server runs"
+        return self.board
+
+    def _register_internal_endpoints(self) -> None:
+        """LitServe's `/`, `/health` and `/info` are replaced by the v2 routes (its readiness keys
+        collide for `/v2/models/a/infer` and `/v2/models/b/infer`, and `/info` exposes config)."""
+
+    def _init_manager(self, num_api_servers: int) -> Any:
+        manager = super()._init_manager(num_api_servers)
+        self.board = Board(manager.dict())
+        for api in self.litapi_connector:
+            api.board = self.board
+        return manager
+
+    def _start_server(
+        self,
+        port: int,
+        num: int,
+        log_level: str,
+        sockets: list[socket.socket],
+        *args: Any,
+        **kw: Any,
+    ) -> Any:
+        if self.cfg.host not in _LITSERVE_HOSTS:
+            # LitServe.run accepts three hosts only; it bound the wildcard we passed, rebind here.
+            for s in sockets:
+                s.close()
+            sockets = [_bind(self.cfg.host, port)]
+        return super()._start_server(port, num, log_level, sockets, *args, **kw)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_server(cfg: ServerConfig) -> ModeldockServer:
+    root = Path(cfg.store)
+    store = ModelStore(root)
+    if not root.is_dir():
+        raise StoreError(f"store {root} does not exist")
+    names = [m.name for m in cfg.models] if cfg.models else store.models()
+    if not names:
+        raise StoreError(
+            f"store {root} has no models; publish one (e.g. `modeldock demo --store {root}`)"
+        )
+    configs = [cfg.model(n) for n in names]
+    total_workers = sum(m.workers for m in configs)
+    apis = []
+    for m in configs:
+        api = ModelAPI(
+            m,
+            root.resolve(),
+            cfg.poll_interval,
+            cfg.api_servers,
+            default_threads(m, total_workers, cfg.api_servers),
+        )
+        api.api_key = cfg.api_key
+        api.log_level = cfg.log_level.upper()
+        apis.append(api)
+    return ModeldockServer(apis, cfg)
+
+
+def _install_sigterm(main_pid: int) -> None:
+    """SIGTERM drains like Ctrl+C: LitServe handles only KeyboardInterrupt in its main process."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == main_pid:  # forked children inherit this handler
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = from_args(args)
+        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
+        server = build_server(cfg)
+    except (ConfigError, StoreError) as e:
+        print(f"modeldock: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _install_sigterm(os.getpid())
+    host = cfg.host if cfg.host in _LITSERVE_HOSTS else ("::" if ":" in cfg.host else "0.0.0.0")
+    log.info(
+        "serving %s from %s on %s:%s",
+        [a.cfg.name for a in server.litapi_connector],
+        cfg.store,
+        cfg.host,
+        cfg.port,
+    )
+    server.run(
+        host=host,
+        port=cfg.port,
+        num_api_servers=cfg.api_servers,
+        log_level="warning",
+        generate_client_file=False,  # LitServe would write client.py into the working directory
+    )
+    return 0

@@ -1,0 +1,45 @@
+"""Source: watches the store and proposes the version a model should serve (its aspired version).
+
+Stateless apart from the store's own caches: each poll lists the version folders, skips pending
+ones, reports rejected ones with their reason, and applies the version policy to the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model_store import ModelStore, VersionState
+from model_store.policy import VersionPolicy
+
+
+@dataclass(frozen=True)
+class Aspired:
+    """What one poll found."""
+
+    version: int | None
+    valid: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    pending: list[int] = field(default_factory=list)
+
+
+class StoreSource:
+    def __init__(self, store: ModelStore, name: str, policy: VersionPolicy) -> None:
+        self.store, self.name, self.policy = store, name, policy
+
+    def poll(self) -> Aspired:
+        statuses = self.store.statuses(self.name)
+        servable = {
+            s.version: s.manifest.metrics
+            for s in statuses
+            if s.state is VersionState.VALID and s.servable and s.manifest is not None
+        }
+        return Aspired(
+            version=self.policy.choose(servable),
+            valid=sorted(servable),
+            rejected={s.version: s.reason for s in statuses if s.state is VersionState.REJECTED},
+            pending=[s.version for s in statuses if s.state is VersionState.PENDING],
+        )
+
+    def fingerprint(self, version: int) -> object:
+        """Identity of a version's current files (the store's cached status object)."""
+        return self.store.status(self.name, version)
