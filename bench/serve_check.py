@@ -94,9 +94,7 @@ def main() -> None:
             deadline = time.monotonic() + 60
             for _ in range(args.requests):
                 t = time.perf_counter()
-                conn.request(
-                    "POST", "/v2/models/digits/infer", body, {"Content-Type": "application/json"}
-                )
+                conn.request("POST", "/v2/models/digits/infer", body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 assert resp.status == 200

@@ -97,9 +97,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = None) -> d
     except Exception as e:  # UnpicklingError, RuntimeError: the file is not a safe checkpoint
         raise StoreError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
-        raise StoreError(
-            f"{path}: expected a checkpoint or state_dict, found {type(ckpt).__name__}"
-        )
+        raise StoreError(f"{path}: expected a checkpoint or state_dict, found {type(ckpt).__name__}")
     return ckpt
 
 

@@ -100,15 +100,11 @@ class Trainer:
             train_loss = self.train_epoch()
             val_loss, val_acc = self.validate()
             metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc}
-            self.checkpoints.save(
-                epoch, model=self.model, optimizer=self.optimizer, metrics=metrics
-            )
+            self.checkpoints.save(epoch, model=self.model, optimizer=self.optimizer, metrics=metrics)
             on_epoch(epoch, metrics)
 
 
-def run_demo(
-    store_root: str | Path, epochs: int = 12, early_epoch: int = 1, seed: int = 0
-) -> list[int]:
+def run_demo(store_root: str | Path, epochs: int = 12, early_epoch: int = 1, seed: int = 0) -> list[int]:
     """Train, publish an early version and the final best; returns the published versions."""
     from tqdm import tqdm
 

@@ -140,8 +140,7 @@ class Manifest:
             raise ValueError("manifest must be a JSON object")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
-                f"schema_version {d.get('schema_version')!r} is not supported "
-                f"(this modeldock reads {SCHEMA_VERSION})"
+                f"schema_version {d.get('schema_version')!r} is not supported (this modeldock reads {SCHEMA_VERSION})"
             )
         artifacts = tuple(_artifact(a) for a in _list(d, "artifacts"))
         if not artifacts:

@@ -6,9 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_POLICY = re.compile(
-    r"^(latest|best:(?P<metric>[^:]+)(?::(?P<mode>min|max))?|pinned:(?P<pin>\d+))$"
-)
+_POLICY = re.compile(r"^(latest|best:(?P<metric>[^:]+)(?::(?P<mode>min|max))?|pinned:(?P<pin>\d+))$")
 
 
 @dataclass(frozen=True)
@@ -24,9 +22,7 @@ class VersionPolicy:
     def parse(cls, text: str) -> VersionPolicy:
         m = _POLICY.match(text.strip())
         if not m:
-            raise ValueError(
-                f"version policy {text!r} must be 'latest', 'best:<metric>[:min]' or 'pinned:<n>'"
-            )
+            raise ValueError(f"version policy {text!r} must be 'latest', 'best:<metric>[:min]' or 'pinned:<n>'")
         if m["metric"]:
             return cls("best", metric=m["metric"], minimize=m["mode"] == "min")
         if m["pin"]:

@@ -56,8 +56,7 @@ def _factory(
         module = getattr(factory, "__module__", "")
         if module == "__main__":
             raise StoreError(
-                "model_factory is defined in __main__, which a server cannot import; "
-                "move it into an importable module"
+                "model_factory is defined in __main__, which a server cannot import; move it into an importable module"
             )
         factory = f"{module}:{factory.__qualname__}"
     if not isinstance(factory, str) or ":" not in factory:
@@ -70,9 +69,7 @@ def check_formats(formats: tuple[str, ...], trust_pickle: bool) -> tuple[str, ..
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise StoreError(
-            f"unknown format(s) {unknown or formats}; expected some of {list(FORMATS)}"
-        )
+        raise StoreError(f"unknown format(s) {unknown or formats}; expected some of {list(FORMATS)}")
     if "pickle" in formats and not trust_pickle:
         raise StoreError("format 'pickle' needs trust_pickle=True (it runs code when loaded)")
     return formats
@@ -148,9 +145,7 @@ def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
         raise ExportMismatch(f"refusing to publish: {fmt}: {e}") from None
     problem = golden_problem(fmt, got, plan.golden, plan.atol, plan.rtol)
     if problem:
-        raise ExportMismatch(
-            f"refusing to publish: {problem} (max error {max_error(got, plan.golden):.3g})"
-        )
+        raise ExportMismatch(f"refusing to publish: {problem} (max error {max_error(got, plan.golden):.3g})")
 
 
 def _onnx_opset(path: Path) -> int | None:

@@ -40,9 +40,7 @@ class OnnxRuntime:
 
     format = "onnx"
 
-    def __init__(
-        self, path: Path, signature: Signature, device: str = "cpu", threads: int | None = None
-    ) -> None:
+    def __init__(self, path: Path, signature: Signature, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -74,9 +72,7 @@ class OnnxRuntime:
 class TorchRuntime:
     """A TorchScript or eager module on a torch device."""
 
-    def __init__(
-        self, module: torch.nn.Module, signature: Signature, fmt: str, device: str = "cpu"
-    ) -> None:
+    def __init__(self, module: torch.nn.Module, signature: Signature, fmt: str, device: str = "cpu") -> None:
         self.format = fmt
         self.device = device
         self._module = module.to(device).eval()
@@ -84,16 +80,12 @@ class TorchRuntime:
         self._outputs = [o.name for o in signature.outputs]
 
     def predict(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> Tensors:
-        args = [
-            torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._inputs
-        ]
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._inputs]
         with torch.inference_mode():
             out = self._module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(self._outputs):
-            raise StoreError(
-                f"model returned {len(outs)} outputs, signature has {len(self._outputs)}"
-            )
+            raise StoreError(f"model returned {len(outs)} outputs, signature has {len(self._outputs)}")
         return {n: t.detach().cpu().numpy() for n, t in zip(self._outputs, outs, strict=True)}
 
     def describe(self) -> dict[str, str]:

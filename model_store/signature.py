@@ -55,9 +55,7 @@ class TensorSpec:
         if not isinstance(name, str) or not name:
             raise ValueError(f"tensor spec needs a non-empty 'name', got {name!r}")
         if datatype not in DATATYPES:
-            raise ValueError(
-                f"tensor {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}"
-            )
+            raise ValueError(f"tensor {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
         if not isinstance(shape, list) or not all(
             isinstance(x, int) and not isinstance(x, bool) and x >= -1 for x in shape
         ):
@@ -71,9 +69,7 @@ class TensorSpec:
         if len(array.shape) != len(self.shape) or any(
             want not in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
         ):
-            return (
-                f"tensor {self.name!r}: expected shape {list(self.shape)}, got {list(array.shape)}"
-            )
+            return f"tensor {self.name!r}: expected shape {list(self.shape)}, got {list(array.shape)}"
         return None
 
 
@@ -139,9 +135,7 @@ class Signature:
             (self.outputs, outputs, "output"),
         ):
             if [s.name for s in specs] != list(arrays):
-                problems.append(
-                    f"example {kind}s {list(arrays)} do not match signature {[s.name for s in specs]}"
-                )
+                problems.append(f"example {kind}s {list(arrays)} do not match signature {[s.name for s in specs]}")
                 continue
             problems += [p for s in specs if (p := s.mismatch(arrays[s.name])) is not None]
         return problems

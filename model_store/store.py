@@ -56,8 +56,7 @@ class VersionStatus:
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
         raise StoreError(
-            f"model name {name!r} must be 1-128 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"model name {name!r} must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
 
@@ -128,9 +127,7 @@ class ModelStore:
             return VersionStatus(name, version, VersionState.PENDING, str(e))
         fingerprint = _fingerprint(folder, manifest)
         if fingerprint is None:
-            return VersionStatus(
-                name, version, VersionState.PENDING, "files still arriving", manifest
-            )
+            return VersionStatus(name, version, VersionState.PENDING, "files still arriving", manifest)
         with self._lock:
             cached = self._looked.get((name, version))
         if cached and cached[0] == fingerprint:
@@ -158,9 +155,7 @@ class ModelStore:
             return status.report
         return VerifyReport(name, int(version), problems=[status.reason])
 
-    def resolve(
-        self, name: str, policy: str | VersionPolicy = "latest", *, servable: bool = False
-    ) -> int:
+    def resolve(self, name: str, policy: str | VersionPolicy = "latest", *, servable: bool = False) -> int:
         """The version a policy picks among valid versions (servable ones only if asked)."""
         pol = VersionPolicy.parse(policy) if isinstance(policy, str) else policy
         candidates = {

@@ -160,9 +160,7 @@ def check_artifact(
     return runtime, max_error(got, want)
 
 
-def verify_version(
-    folder: Path, manifest: Manifest, hashes: HashCache, *, trust_pickle: bool = False
-) -> VerifyReport:
+def verify_version(folder: Path, manifest: Manifest, hashes: HashCache, *, trust_pickle: bool = False) -> VerifyReport:
     """Every check a version must pass before it may serve, on the CPU."""
     report = VerifyReport(manifest.name, manifest.version)
     report.problems = check_files(folder, manifest, hashes)

@@ -25,28 +25,25 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 from .batching import Outcome, RowBatchLoop, Work, run_batch
 from .board import Board
 from .config import ModelConfig
+from .drain import ignore_termination
 from .manager import ServableManager
+from .metrics import metrics
 from .protocol import HEADER_LENGTH, ProtocolError, decode_infer, encode_infer, error_body
 
 log = logging.getLogger(__name__)
+VERSION_HEADER = "x-model-version"  # the body says it too; the header serves metrics and proxies
 
 
 def check_api_key(expected: str, request: Request) -> None:
     if not expected:
         return
-    given = request.headers.get("x-api-key") or request.headers.get(
-        "authorization", ""
-    ).removeprefix("Bearer ")
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong API key (send X-API-Key or Authorization: Bearer)"
-        )
+        raise HTTPException(401, "missing or wrong API key (send X-API-Key or Authorization: Bearer)")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        error_body(message), status_code=status, media_type="application/json", headers=headers
-    )
+    return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
 
 
 class V2InferSpec(LitSpec):  # type: ignore[misc]
@@ -65,9 +62,7 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
 
     def pre_setup(self, lit_api: Any) -> None:
         self.add_endpoint(self.api_path, self.infer, ["POST"])
-        self.add_endpoint(
-            f"/v2/models/{self.cfg.name}/versions/{{version}}/infer", self.infer_version, ["POST"]
-        )
+        self.add_endpoint(f"/v2/models/{self.cfg.name}/versions/{{version}}/infer", self.infer_version, ["POST"])
 
     async def infer(self, request: Request) -> Response:
         return await self._infer(request, None)
@@ -81,9 +76,7 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
         limit = self.cfg.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(
-                413, f"request body of {declared} bytes is over the limit of {limit}"
-            )
+            raise ProtocolError(413, f"request body of {declared} bytes is over the limit of {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -93,16 +86,20 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
         return b"".join(chunks)
 
     async def _infer(self, request: Request, version: int | None) -> Response:
+        started = time.perf_counter()
+        response = await self._answer(request, version)
+        m = metrics()
+        m.requests.labels(self.cfg.name, response.headers.get(VERSION_HEADER, ""), str(response.status_code)).inc()
+        m.latency.labels(self.cfg.name).observe(time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request, version: int | None) -> Response:
         if self.inflight >= self.queue_limit:
-            return error_response(
-                503, f"model {self.cfg.name!r} is overloaded; retry shortly", {"Retry-After": "1"}
-            )
+            return error_response(503, f"model {self.cfg.name!r} is overloaded; retry shortly", {"Retry-After": "1"})
         self.inflight += 1
         try:
             body = await self._read_body(request)
-            req = decode_infer(
-                body, request.headers.get(HEADER_LENGTH), max_elements=self.max_elements
-            )
+            req = decode_infer(body, request.headers.get(HEADER_LENGTH), max_elements=self.max_elements)
             if req.rows > self.cfg.max_rows_per_request:
                 raise ProtocolError(
                     413,
@@ -112,6 +109,7 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
             if outcome.status != 200 or outcome.outputs is None or outcome.version is None:
                 return error_response(outcome.status, outcome.error)
             content, headers = encode_infer(self.cfg.name, outcome.version, req, outcome.outputs)
+            headers[VERSION_HEADER] = str(outcome.version)
             return Response(content, headers=headers)
         except ProtocolError as e:
             return error_response(e.status, e.message, e.headers)
@@ -127,9 +125,7 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
             await asyncio.wait_for(event.wait(), timeout=self.cfg.inference_timeout_s)
         except asyncio.TimeoutError:
             self.response_buffer.pop(uid, None)
-            return Outcome(
-                504, error=f"inference took longer than {self.cfg.inference_timeout_s:g}s"
-            )
+            return Outcome(504, error=f"inference took longer than {self.cfg.inference_timeout_s:g}s")
         response, status = self.response_buffer.pop(uid).response
         if status != LitAPIStatus.OK or not isinstance(response, Outcome):
             return Outcome(500, error="the worker serving this model failed; it is being restarted")
@@ -174,10 +170,21 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
                 format=f"%(asctime)s %(levelname)s {self.cfg.name}[{worker}] %(name)s: %(message)s",
             )
         assert self.board is not None
+        ignore_termination()
+        m = metrics()
+        cfg = self.cfg
         try:
-            self.manager = ServableManager(
-                self.cfg, self.store_root, self.poll_interval, self.board, worker, self.threads
-            )
+            self.manager = ServableManager(cfg, self.store_root, self.poll_interval, self.board, worker, self.threads)
+
+            def on_reload(result: str, seconds: float) -> None:
+                m.reloads.labels(cfg.name, result).inc()
+                if result == "loaded":
+                    m.load.labels(cfg.name).observe(seconds)
+
+            def on_swap(version: int) -> None:
+                m.version.labels(cfg.name, str(worker)).set(version)
+
+            self.manager.on_reload, self.manager.on_swap = on_reload, on_swap
             self.manager.start()
         except Exception:
             log.exception("%s: worker %s could not start its manager", self.cfg.name, worker)
@@ -186,16 +193,18 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
     def handle(self, works: list[Work], enqueued_at: list[float]) -> list[Outcome]:
         manager = self.manager
         servable = manager.current if manager else None
-        why_not = (
-            ""
-            if servable
-            else (manager.unavailable_reason() if manager else "its worker failed to start")
-        )
-        self._busy_since = time.monotonic()
+        why_not = "" if servable else (manager.unavailable_reason() if manager else "its worker failed to start")
+        now = self._busy_since = time.monotonic()
+        m, name = metrics(), self.cfg.name
+        for t in enqueued_at:
+            m.queue_wait.labels(name).observe(now - t)
         try:
-            return run_batch(servable, self.cfg.name, works, self.cfg.max_batch_size, why_not)
+            outcomes = run_batch(servable, name, works, self.cfg.max_batch_size, why_not)
         finally:
             self._busy_since = 0.0
+        m.batch_size.labels(name).observe(sum(w.request.rows for w in works))
+        m.inference.labels(name).observe(time.monotonic() - now)
+        return outcomes
 
     def _watchdog(self) -> None:
         """A predict that hangs past the timeout takes the worker with it; LitServe restarts it."""

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import litserve as ls
+import uvicorn.server
 
 from model_store import ModelStore, StoreError
 
 from .api import ModelAPI
 from .board import Board
 from .config import ConfigError, ServerConfig, from_args
+from .drain import Drain, DrainMiddleware, stop_process
 from .loader import default_threads
+from .metrics import setup_multiprocess
 from .routes import Routes
+from .source import log_new_models
 
 log = logging.getLogger("modeldock")
 _LITSERVE_HOSTS = ("0.0.0.0", "127.0.0.1", "::")
@@ -41,7 +44,12 @@ class ModeldockServer(ls.LitServer):  # type: ignore[misc]
             restart_workers=True,  # a worker recycled by the inference watchdog comes back
         )
         self.uvicorn_graceful_timeout = cfg.grace_period_s
+        self.drain = Drain(cfg.api_servers, cfg.grace_period_s)
+        self.app.add_middleware(DrainMiddleware, drain=self.drain)
         Routes([a.cfg for a in apis], self._board, cfg.api_key).register(self.app)
+
+    def _shutdown_event_set(self) -> None:
+        self._shutdown_event.set()
 
     def _board(self) -> Board:
         assert self.board is not None, "the board exists once the server runs"
@@ -57,6 +65,22 @@ class ModeldockServer(ls.LitServer):  # type: ignore[misc]
         for api in self.litapi_connector:
             api.board = self.board
         return manager
+
+    def _perform_graceful_shutdown(
+        self, manager: Any, uvicorn_workers: dict[int, Any], shutdown_reason: str = "normal"
+    ) -> None:
+        """After the drain: stop the HTTP processes (SIGINT: uvicorn finishes what it accepted),
+        then the idle workers, then the queue manager. LitServe's version sends SIGTERM, which
+        every child here ignores so that a process-group SIGTERM cannot cut requests short."""
+        workers: list[Any] = list(self.inference_workers)
+        self.inference_workers.clear()  # LitServe's monitor must not restart them
+        for proc in uvicorn_workers.values():
+            stop_process(proc, signal.SIGINT, self.cfg.grace_period_s)
+        self._transport.close(send_sentinel=True)
+        for proc in workers:
+            stop_process(proc, signal.SIGKILL, 5)
+        manager.shutdown()
+        log.info("stopped")
 
     def _start_server(
         self,
@@ -91,9 +115,7 @@ def build_server(cfg: ServerConfig) -> ModeldockServer:
         raise StoreError(f"store {root} does not exist")
     names = [m.name for m in cfg.models] if cfg.models else store.models()
     if not names:
-        raise StoreError(
-            f"store {root} has no models; publish one (e.g. `modeldock demo --store {root}`)"
-        )
+        raise StoreError(f"store {root} has no models; publish one (e.g. `modeldock demo --store {root}`)")
     configs = [cfg.model(n) for n in names]
     total_workers = sum(m.workers for m in configs)
     apis = []
@@ -111,28 +133,27 @@ def build_server(cfg: ServerConfig) -> ModeldockServer:
     return ModeldockServer(apis, cfg)
 
 
-def _install_sigterm(main_pid: int) -> None:
-    """SIGTERM drains like Ctrl+C: LitServe handles only KeyboardInterrupt in its main process."""
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() == main_pid:  # forked children inherit this handler
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-
-
 def serve(args: argparse.Namespace) -> int:
     try:
         cfg = from_args(args)
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
+        setup_multiprocess(cfg.cache_dir)
         server = build_server(cfg)
     except (ConfigError, StoreError) as e:
         print(f"modeldock: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    _install_sigterm(os.getpid())
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server.drain.install(stop=server._shutdown_event_set)
+    # uvicorn's HTTP processes would stop on SIGTERM by themselves; only SIGINT (sent by main
+    # after the drain, or by a terminal's Ctrl+C) stops them.
+    uvicorn.server.HANDLED_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+    served = {a.cfg.name for a in server.litapi_connector}
+    threading.Thread(
+        target=log_new_models,
+        args=(ModelStore(cfg.store), served, cfg.poll_interval, log.warning),
+        name="new-models",
+        daemon=True,
+    ).start()
     host = cfg.host if cfg.host in _LITSERVE_HOSTS else ("::" if ":" in cfg.host else "0.0.0.0")
     log.info(
         "serving %s from %s on %s:%s",

@@ -96,20 +96,12 @@ def _concat_predict(
     """Stack requests into one input per name, run in chunks of at most `max_rows`, split back."""
     names = list(requests[0].inputs)
     stacked = {
-        n: np.concatenate([r.inputs[n] for r in requests])
-        if len(requests) > 1
-        else requests[0].inputs[n]
+        n: np.concatenate([r.inputs[n] for r in requests]) if len(requests) > 1 else requests[0].inputs[n]
         for n in names
     }
     total = next(iter(stacked.values())).shape[0]
-    chunks = [
-        predict({n: a[s : s + max_rows] for n, a in stacked.items()})
-        for s in range(0, total, max_rows)
-    ]
-    merged = {
-        k: np.concatenate([c[k] for c in chunks]) if len(chunks) > 1 else chunks[0][k]
-        for k in chunks[0]
-    }
+    chunks = [predict({n: a[s : s + max_rows] for n, a in stacked.items()}) for s in range(0, total, max_rows)]
+    merged = {k: np.concatenate([c[k] for c in chunks]) if len(chunks) > 1 else chunks[0][k] for k in chunks[0]}
     out, start = [], 0
     for r in requests:
         out.append({k: v[start : start + r.rows] for k, v in merged.items()})
@@ -133,9 +125,7 @@ class RowBatchLoop(LitLoop):  # type: ignore[misc]
         deadline = time.monotonic() + wait_s
         while rows < max_rows:
             remaining = deadline - time.monotonic()
-            item = self.get_request(
-                queue, block=remaining > 0, timeout=remaining if remaining > 0 else None
-            )
+            item = self.get_request(queue, block=remaining > 0, timeout=remaining if remaining > 0 else None)
             if item is None:
                 break  # nothing else queued: dispatch now rather than wait out a window
             if rows + item[3].request.rows > max_rows:
@@ -145,9 +135,7 @@ class RowBatchLoop(LitLoop):  # type: ignore[misc]
             rows += item[3].request.rows
         return items
 
-    def run(
-        self, lit_api: Any, device: Any, worker_id: int, request_queue: Any, transport: Any, *_: Any
-    ) -> None:
+    def run(self, lit_api: Any, device: Any, worker_id: int, request_queue: Any, transport: Any, *_: Any) -> None:
         items = self._collect(request_queue, lit_api.max_batch_size, lit_api.batch_timeout)
         lit_api.manager.swap_if_ready()  # between batches: a batch never mixes versions
         if not items:

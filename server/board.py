@@ -33,6 +33,4 @@ class Board:
 
     def records(self, model: str, workers: int) -> list[WorkerRecord]:
         """One record per expected worker; a worker not yet reporting counts as loading."""
-        return [
-            self.shared.get(f"{model}/{w}") or WorkerRecord(state="loading") for w in range(workers)
-        ]
+        return [self.shared.get(f"{model}/{w}") or WorkerRecord(state="loading") for w in range(workers)]

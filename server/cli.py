@@ -33,11 +33,7 @@ def _row(store: ModelStore, s: VersionStatus) -> list[str]:
         VersionState.PENDING: "pending",
         VersionState.REJECTED: "REJECTED",
     }[s.state]
-    notes = (
-        s.reason
-        if s.state is not VersionState.VALID
-        else "; ".join(s.report.notes if s.report else [])
-    )
+    notes = s.reason if s.state is not VersionState.VALID else "; ".join(s.report.notes if s.report else [])
     return [
         s.name,
         str(s.version),
@@ -52,10 +48,7 @@ def _row(store: ModelStore, s: VersionStatus) -> list[str]:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    )
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows])
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -111,9 +104,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     formats = check_formats(tuple(args.formats.split(",")), args.trust_pickle)
     model = build_model(ModelFactory(args.factory, kwargs))
     ckpt = load_checkpoint(args.checkpoint)
-    is_checkpoint = isinstance(
-        ckpt.get("model"), dict
-    )  # CheckpointManager's file, else a state_dict
+    is_checkpoint = isinstance(ckpt.get("model"), dict)  # CheckpointManager's file, else a state_dict
     model.load_state_dict(ckpt["model"] if is_checkpoint else ckpt)
     if is_checkpoint:
         metrics = {**ckpt.get("metrics", {}), **metrics}
@@ -138,9 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="modeldock", description="Serve PyTorch models from a verified store."
-    )
+    p = argparse.ArgumentParser(prog="modeldock", description="Serve PyTorch models from a verified store.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -148,9 +137,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", default="models", help="store folder (default ./models)")
         return sp
 
-    add("demo", "train the digits demo and publish two versions").add_argument(
-        "--epochs", type=int, default=12
-    )
+    add("demo", "train the digits demo and publish two versions").add_argument("--epochs", type=int, default=12)
     add("ls", "list models and versions")
     v = add("verify", "verify NAME or NAME:VERSION")
     v.add_argument("target")
@@ -159,9 +146,7 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("checkpoint", type=Path)
     pub.add_argument("--name", required=True)
     pub.add_argument("--factory", required=True, help="module:callable that builds the model")
-    pub.add_argument(
-        "--factory-kwargs", default="{}", help="JSON keyword arguments for the factory"
-    )
+    pub.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for the factory")
     pub.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
     pub.add_argument("--formats", default="onnx,torchscript,state_dict")
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")

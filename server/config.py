@@ -111,9 +111,7 @@ def _model(where: str, raw: Any, base: ModelConfig, name: str) -> ModelConfig:
     values = {}
     for key, value in raw.items():
         if key not in _MODEL_FIELDS or key == "name":
-            raise ConfigError(
-                f"{where}: unknown setting {key!r} (known: {sorted(set(_MODEL_FIELDS) - {'name'})})"
-            )
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {sorted(set(_MODEL_FIELDS) - {'name'})})")
         values[key] = _coerce(f"{where}.{key}", value, getattr(base, key))
     return dataclasses.replace(base, name=name, **values)
 
@@ -132,25 +130,17 @@ def load_yaml(path: str) -> dict[str, Any]:
     return raw
 
 
-def build(
-    file: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any]
-) -> ServerConfig:
+def build(file: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any]) -> ServerConfig:
     """Merge the three layers (later wins) and check every value."""
     cfg = ServerConfig()
     unknown = set(file) - set(_SERVER_FIELDS)
     if unknown:
-        raise ConfigError(
-            f"config: unknown setting(s) {sorted(unknown)} (known: {sorted(_SERVER_FIELDS)})"
-        )
+        raise ConfigError(f"config: unknown setting(s) {sorted(unknown)} (known: {sorted(_SERVER_FIELDS)})")
     layers: list[tuple[str, Mapping[str, Any]]] = [
         ("config", {k: v for k, v in file.items() if k not in ("models", "defaults")}),
         (
             "env",
-            {
-                k[len("MODELDOCK_") :].lower(): v
-                for k, v in env.items()
-                if k.startswith("MODELDOCK_")
-            },
+            {k[len("MODELDOCK_") :].lower(): v for k, v in env.items() if k.startswith("MODELDOCK_")},
         ),
         ("flag", {k: v for k, v in flags.items() if v is not None}),
     ]
@@ -167,12 +157,8 @@ def build(
     models = file.get("models")
     if models is not None:
         if not isinstance(models, dict) or not models:
-            raise ConfigError(
-                "config models: expected a non-empty mapping of model name to settings"
-            )
-        cfg.models = [
-            _model(f"config models.{n}", raw, cfg.defaults, str(n)) for n, raw in models.items()
-        ]
+            raise ConfigError("config models: expected a non-empty mapping of model name to settings")
+        cfg.models = [_model(f"config models.{n}", raw, cfg.defaults, str(n)) for n, raw in models.items()]
     check(cfg)
     return cfg
 
@@ -196,34 +182,22 @@ def check(cfg: ServerConfig) -> None:
             raise ConfigError(f"{where}: {e}") from None
         if m.artifact not in ARTIFACTS:
             raise ConfigError(f"{where}: artifact {m.artifact!r} is not one of {list(ARTIFACTS)}")
-        if not (
-            m.device in ("auto", "cpu", "cuda")
-            or (m.device.startswith("cuda:") and m.device[5:].isdigit())
-        ):
+        if not (m.device in ("auto", "cpu", "cuda") or (m.device.startswith("cuda:") and m.device[5:].isdigit())):
             raise ConfigError(f"{where}: device {m.device!r} must be auto, cpu, cuda or cuda:N")
         if m.artifact == "pickle" and not m.trust_pickle:
             raise ConfigError(f"{where}: artifact 'pickle' needs trust_pickle: true")
         for key in ("max_batch_size", "workers", "max_request_bytes", "max_rows_per_request"):
             if getattr(m, key) < 1:
                 raise ConfigError(f"{where}: {key} must be at least 1")
-        if (
-            m.batch_timeout_s < 0
-            or m.inference_timeout_s <= 0
-            or m.threads < 0
-            or m.max_queued_requests < 0
-        ):
-            raise ConfigError(
-                f"{where}: timeouts, threads and max_queued_requests must not be negative"
-            )
+        if m.batch_timeout_s < 0 or m.inference_timeout_s <= 0 or m.threads < 0 or m.max_queued_requests < 0:
+            raise ConfigError(f"{where}: timeouts, threads and max_queued_requests must not be negative")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (env MODELDOCK_CONFIG)")
     p.add_argument("--host", help="IP address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument(
-        "--poll-interval", type=float, dest="poll_interval", help="store poll seconds (default 2)"
-    )
+    p.add_argument("--poll-interval", type=float, dest="poll_interval", help="store poll seconds (default 2)")
     p.add_argument("--cache-dir", dest="cache_dir", help="where the server may write")
 
 
@@ -233,9 +207,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     file = load_yaml(path) if path else {}
     flags = {k: getattr(args, k, None) for k in ("host", "port", "poll_interval", "cache_dir")}
     # --store has a default in the parser; only an explicit value overrides file and env.
-    if getattr(args, "store", None) not in (None, "models") or not (
-        file.get("store") or env.get("MODELDOCK_STORE")
-    ):
+    if getattr(args, "store", None) not in (None, "models") or not (file.get("store") or env.get("MODELDOCK_STORE")):
         flags["store"] = args.store
     cfg = build(file, env, flags)
     cfg.cache_dir = cfg.cache_dir or default_cache_dir(env)

@@ -72,9 +72,7 @@ def pick_device(requested: str) -> str:
     if requested.startswith("cuda"):
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise Rejected(
-                f"device {requested} requested but torch sees {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise Rejected(f"device {requested} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
         return f"cuda:{index}"
     return "cpu"
 
@@ -110,9 +108,7 @@ def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[st
     for fmt in order:
         if fmt in present:
             return fmt, f"{fmt} on {device}: {why}"
-    raise Rejected(
-        "no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)"
-    )
+    raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
 
 
 def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:

@@ -36,20 +36,14 @@ def memory_problem(folder: Path, manifest: Manifest, fmt: str, device: str) -> s
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         if need > free:
-            return (
-                f"not enough GPU memory on {device}: need ~{need >> 20} MiB, {free >> 20} MiB free"
-            )
+            return f"not enough GPU memory on {device}: need ~{need >> 20} MiB, {free >> 20} MiB free"
         return None
     try:
         meminfo = Path("/proc/meminfo").read_text()
     except OSError:
         return None  # no way to tell on this platform: load and let the OS decide
     available = next(
-        (
-            int(line.split()[1]) * 1024
-            for line in meminfo.splitlines()
-            if line.startswith("MemAvailable:")
-        ),
+        (int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")),
         None,
     )
     if available is not None and need > available:
@@ -58,6 +52,10 @@ def memory_problem(folder: Path, manifest: Manifest, fmt: str, device: str) -> s
 
 
 def _ignore(result: str, seconds: float) -> None:
+    pass
+
+
+def _ignore_version(version: int) -> None:
     pass
 
 
@@ -88,6 +86,7 @@ class ServableManager:
         self._thread: threading.Thread | None = None
         # Metrics hook: called with loaded|rejected|failed and the seconds it took.
         self.on_reload: Callable[[str, float], None] = _ignore
+        self.on_swap: Callable[[int], None] = _ignore_version
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,9 +95,7 @@ class ServableManager:
         self.refresh()
         self.swap_if_ready()
         self._publish()
-        self._thread = threading.Thread(
-            target=self._watch, name=f"watch-{self.cfg.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._watch, name=f"watch-{self.cfg.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -109,9 +106,7 @@ class ServableManager:
             try:
                 self.refresh()
             except Exception:  # the watcher must outlive any surprise in the store
-                log.exception(
-                    "%s: store poll failed; keeping version %s", self.cfg.name, self.version
-                )
+                log.exception("%s: store poll failed; keeping version %s", self.cfg.name, self.version)
 
     @property
     def version(self) -> int | None:
@@ -124,19 +119,11 @@ class ServableManager:
         target = aspired.version
         pending_next = self._next.version if self._next else None
         note = ""
-        if (
-            target is None
-            and self.current is not None
-            and self.current.version not in aspired.valid
-        ):
+        if target is None and self.current is not None and self.current.version not in aspired.valid:
             note = f"version {self.current.version} left the store and no valid version remains; keeping it in memory"
             if note != self._note:
                 log.warning("%s: %s", self.cfg.name, note)
-        if (
-            target is not None
-            and target not in (self.version, pending_next)
-            and not self._known_failure(target)
-        ):
+        if target is not None and target not in (self.version, pending_next) and not self._known_failure(target):
             self._load(target)
         changed = (aspired, note) != (self._last, self._note)
         self._last, self._note = aspired, note
@@ -154,9 +141,7 @@ class ServableManager:
             if self.current is not None:
                 folder = self.store.path(self.cfg.name, version)
                 manifest = Manifest.load(folder)
-                problem = memory_problem(
-                    folder, manifest, self.current.artifact, self.current.device
-                )
+                problem = memory_problem(folder, manifest, self.current.artifact, self.current.device)
                 if problem:
                     raise Rejected(problem)
             servable = self.loader.load(version)
@@ -195,6 +180,7 @@ class ServableManager:
             old.version if old else None,
         )
         self._publish()
+        self.on_swap(new.version)
         del old  # unload after the switch: availability-preserving
         gc.collect()
         return True

@@ -51,28 +51,20 @@ def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 
 
 def _shape(name: str, raw: Any, max_elements: int) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in raw
-    ):
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise bad(f"input {name!r}: 'shape' must be a list of integers, got {raw!r}")
     if any(d < 0 for d in raw):
         raise bad(f"input {name!r}: shape {raw} has a negative dimension")
     elements = math.prod(raw)
     if elements > max_elements:  # checked before any allocation
-        raise bad(
-            f"input {name!r}: shape {raw} has {elements} elements, over the limit of {max_elements}"
-        )
+        raise bad(f"input {name!r}: shape {raw} has {elements} elements, over the limit of {max_elements}")
     return tuple(raw)
 
 
-def _array(
-    name: str, spec: Mapping[str, Any], shape: tuple[int, ...], blob: bytes | None
-) -> np.ndarray[Any, Any]:
+def _array(name: str, spec: Mapping[str, Any], shape: tuple[int, ...], blob: bytes | None) -> np.ndarray[Any, Any]:
     datatype = spec.get("datatype")
     if datatype not in DATATYPES:
-        raise bad(
-            f"input {name!r}: datatype {datatype!r} is not supported (one of {sorted(DATATYPES)})"
-        )
+        raise bad(f"input {name!r}: datatype {datatype!r} is not supported (one of {sorted(DATATYPES)})")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     if blob is not None:
@@ -81,11 +73,7 @@ def _array(
                 f"input {name!r}: binary_data_size {len(blob)} does not match shape {list(shape)} "
                 f"of {datatype} ({count * dtype.itemsize} bytes)"
             )
-        return (
-            np.frombuffer(blob, dtype=dtype.newbyteorder("<"))
-            .astype(dtype, copy=False)
-            .reshape(shape)
-        )
+        return np.frombuffer(blob, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
     data = spec.get("data")
     if data is None:
         raise bad(f"input {name!r}: no 'data' and no binary_data_size")
@@ -95,15 +83,11 @@ def _array(
         arr = np.asarray(data)
     except ValueError:
         raise bad(f"input {name!r}: 'data' is a ragged nested list") from None
-    if arr.size and (
-        arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and dtype.kind in "biu")
-    ):
+    if arr.size and (arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and dtype.kind in "biu")):
         got = "floats" if arr.dtype.kind == "f" else "non-numeric values"
         raise bad(f"input {name!r}: 'data' must hold {datatype} values, got {got}")
     if arr.size != count:
-        raise bad(
-            f"input {name!r}: 'data' has {arr.size} values but shape {list(shape)} needs {count}"
-        )
+        raise bad(f"input {name!r}: 'data' has {arr.size} values but shape {list(shape)} needs {count}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             cast = arr.astype(dtype)
@@ -121,13 +105,9 @@ def decode_infer(body: bytes, header_length: str | None, *, max_elements: int) -
         try:
             json_len = int(header_length)
         except ValueError:
-            raise bad(
-                f"Inference-Header-Content-Length {header_length!r} is not an integer"
-            ) from None
+            raise bad(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
         if not 0 < json_len <= len(body):
-            raise bad(
-                f"Inference-Header-Content-Length {json_len} is outside the body of {len(body)} bytes"
-            )
+            raise bad(f"Inference-Header-Content-Length {json_len} is outside the body of {len(body)} bytes")
         body, blob_area = body[:json_len], body[json_len:]
     try:
         req = orjson.loads(body)

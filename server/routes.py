@@ -11,11 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from .api import check_api_key, error_response
 from .board import Board, WorkerRecord
 from .config import ModelConfig
+from .metrics import exposition
 
 EXTENSIONS = ["binary_tensor_data", "model_repository_versions", "golden_output_validation"]
 
@@ -29,9 +31,7 @@ def _json(body: Any, status: int = 200) -> Response:
 class Routes:
     """Registers the routes on a FastAPI app for a fixed set of models."""
 
-    def __init__(
-        self, models: Sequence[ModelConfig], board: Callable[[], Board], api_key: str
-    ) -> None:
+    def __init__(self, models: Sequence[ModelConfig], board: Callable[[], Board], api_key: str) -> None:
         self.models = {m.name: m for m in models}
         self.board = board  # resolved lazily: the board exists only once LitServe's manager runs
         self.api_key = api_key
@@ -41,14 +41,14 @@ class Routes:
 
     def ready(self, name: str, version: int | None = None) -> bool:
         return all(
-            r.get("state") == "ready" and (version is None or r.get("version") == version)
-            for r in self.records(name)
+            r.get("state") == "ready" and (version is None or r.get("version") == version) for r in self.records(name)
         )
 
     def register(self, app: FastAPI) -> None:
         app.add_exception_handler(HTTPException, self._http_error)  # type: ignore[arg-type]
         app.add_exception_handler(RequestValidationError, self._validation_error)  # type: ignore[arg-type]
         get = {"methods": ["GET"]}
+        app.add_api_route("/metrics", self.metrics, **get)  # type: ignore[arg-type]
         app.add_api_route("/v2/health/live", self.live, **get)  # type: ignore[arg-type]
         app.add_api_route("/v2/health/ready", self.server_ready, **get)  # type: ignore[arg-type]
         app.add_api_route("/v2", self.server_metadata, **get)  # type: ignore[arg-type]
@@ -58,20 +58,17 @@ class Routes:
         app.add_api_route("/v2/models/{name}/versions/{version}/ready", self.model_ready, **get)  # type: ignore[arg-type]
         # Registered after the per-model infer routes, so only unknown models reach these.
         app.add_api_route("/v2/models/{name}/infer", self.unknown_infer, methods=["POST"])
-        app.add_api_route(
-            "/v2/models/{name}/versions/{version}/infer", self.unknown_infer, methods=["POST"]
-        )
+        app.add_api_route("/v2/models/{name}/versions/{version}/infer", self.unknown_infer, methods=["POST"])
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
-        message = (
-            exc.detail
-            if exc.status_code != 404 or exc.detail != "Not Found"
-            else f"no route {request.url.path}"
-        )
+        message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no route {request.url.path}"
         return error_response(exc.status_code, str(message), dict(exc.headers or {}))
 
     async def _validation_error(self, request: Request, exc: RequestValidationError) -> Response:
         return error_response(400, f"invalid request: {exc.errors()}")
+
+    async def metrics(self) -> Response:
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def live(self) -> Response:
         return _json({"live": True})
@@ -95,9 +92,7 @@ class Routes:
             return error_response(404, f"unknown model {name!r}; serving {sorted(self.models)}")
         return None
 
-    async def model_metadata(
-        self, request: Request, name: str, version: str | None = None
-    ) -> Response:
+    async def model_metadata(self, request: Request, name: str, version: str | None = None) -> Response:
         check_api_key(self.api_key, request)
         if (missing := self._known(name)) is not None:
             return missing
@@ -127,9 +122,7 @@ class Routes:
             }
         )
 
-    async def model_ready(
-        self, request: Request, name: str, version: str | None = None
-    ) -> Response:
+    async def model_ready(self, request: Request, name: str, version: str | None = None) -> Response:
         check_api_key(self.api_key, request)
         if (missing := self._known(name)) is not None:
             return missing

@@ -6,6 +6,8 @@ ones, reports rejected ones with their reason, and applies the version policy to
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from model_store import ModelStore, VersionState
@@ -43,3 +45,17 @@ class StoreSource:
     def fingerprint(self, version: int) -> object:
         """Identity of a version's current files (the store's cached status object)."""
         return self.store.status(self.name, version)
+
+
+def log_new_models(store: ModelStore, served: set[str], interval: float, log: Callable[[str], None]) -> None:
+    """Forever: report a model folder that appears after start-up, once (it needs a restart)."""
+    seen = set(served)
+    while True:
+        time.sleep(interval)
+        try:
+            names = set(store.models())
+        except OSError:
+            continue
+        for name in sorted(names - seen):
+            log(f"model {name!r} appeared in the store; it will be served after a restart")
+        seen |= names

@@ -22,9 +22,7 @@ def make_run(
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
     gen = torch.Generator().manual_seed(7)
-    data = TensorDataset(
-        torch.randn(64, 6, generator=gen), torch.randint(0, 2, (64,), generator=gen)
-    )
+    data = TensorDataset(torch.randn(64, 6, generator=gen), torch.randint(0, 2, (64,), generator=gen))
     return model, opt, sched, DataLoader(data, batch_size=8, shuffle=True)
 
 

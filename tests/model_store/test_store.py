@@ -136,9 +136,7 @@ def test_tampered_version_is_rejected_with_its_reason_until_it_changes(
     assert tiny_store.status("tiny", 2) is status  # unchanged files: not examined again
     assert tiny_store.versions("tiny") == [1]
     shutil.copy(tiny_store.path("tiny", 1) / "manifest.json", folder / "manifest.json")
-    assert (
-        "describes tiny:1" in tiny_store.status("tiny", 2).reason
-    )  # manifest changed: re-examined
+    assert "describes tiny:1" in tiny_store.status("tiny", 2).reason  # manifest changed: re-examined
 
 
 def test_artifacts_of_another_model_fail_the_golden_check(tiny_store: ModelStore) -> None:
@@ -194,15 +192,10 @@ def test_factory_function_and_its_guard(store: ModelStore) -> None:
     folder = store.path("f", 1)
     rewrite_manifest(folder, model_factory={"callable": "os:system", "kwargs": {"command": "true"}})
     status = store.status("f", 1)
-    assert (
-        status.state is VersionState.REJECTED
-        and "neither a torch.nn.Module subclass" in status.reason
-    )
+    assert status.state is VersionState.REJECTED and "neither a torch.nn.Module subclass" in status.reason
 
 
-def test_pickles_need_trust_and_a_malicious_one_never_runs(
-    store: ModelStore, tmp_path: Path
-) -> None:
+def test_pickles_need_trust_and_a_malicious_one_never_runs(store: ModelStore, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="trust_pickle"):
         store.publish("p", TinyMLP(), example_inputs=example_input(), formats=("pickle",))
     v = store.publish(
@@ -235,28 +228,21 @@ def test_examples_hold_inputs_and_golden_outputs(store: ModelStore) -> None:
     publish_tiny(store)
     ins, outs = load_examples(store.path("tiny", 1) / "examples.npz")
     assert list(ins) == ["input"] and list(outs) == ["output"]
-    assert (
-        abs(outs["output"] - TinyMLP().eval()(torch.from_numpy(ins["input"])).detach().numpy())
-        < 1e-6
-    ).all()
+    assert (abs(outs["output"] - TinyMLP().eval()(torch.from_numpy(ins["input"])).detach().numpy()) < 1e-6).all()
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (
-            lambda s: s.publish(
-                "tiny", TinyMLP(), example_inputs=example_input(), formats=("tflite",)
-            ),
+            lambda s: s.publish("tiny", TinyMLP(), example_inputs=example_input(), formats=("tflite",)),
             "unknown format",
         ),
         (lambda s: s.publish("../x", TinyMLP(), example_inputs=example_input()), "model name"),
         (lambda s: s.path("tiny", "latest"), "not a positive integer"),
         (lambda s: s.manifest("tiny", 4), "does not exist"),
         (
-            lambda s: s.publish(
-                "t", TinyMLP(), example_inputs=example_input(), model_factory="nomod:X"
-            ),
+            lambda s: s.publish("t", TinyMLP(), example_inputs=example_input(), model_factory="nomod:X"),
             "cannot be imported",
         ),
     ],

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,18 +82,14 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
-                )
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if self.get(path).status_code == status:
                     return
             except requests.ConnectionError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(
-            f"{path} not {status} after {timeout}s:\n{self.log_path.read_text()[-3000:]}"
-        )
+        raise AssertionError(f"{path} not {status} after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -110,9 +107,7 @@ class ServerProcess:
 def start_server(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
-    def start(
-        store: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
-    ) -> ServerProcess:
+    def start(store: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> ServerProcess:
         workdir = tmp_path / f"cwd{len(started)}"
         workdir.mkdir()
         server = ServerProcess(store, workdir, config, env)
@@ -126,8 +121,54 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 
 def infer_body(rows: list[list[float]], **extra: Any) -> dict[str, Any]:
     return {
-        "inputs": [
-            {"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}
-        ],
+        "inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}],
         **extra,
     }
+
+
+class Load:
+    """Closed-loop clients in threads, counting every response; bounded in count and time."""
+
+    def __init__(
+        self, url: str, body: dict[str, Any], threads: int = 4, max_requests: int = 50_000, max_s: float = 180
+    ) -> None:
+        self.url, self.body = url, json.dumps(body).encode()
+        self.results: list[tuple[int, str]] = []  # (status, model_version or error text)
+        self.errors: list[str] = []  # connection-level failures
+        self._stop = threading.Event()
+        self._budget = max_requests
+        self._deadline = time.monotonic() + max_s
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if self._budget <= 0:
+                    return
+                self._budget -= 1
+            try:
+                r = session.post(self.url, data=self.body, timeout=30)
+                detail = r.headers.get("x-model-version", "") if r.status_code == 200 else r.text
+                with self._lock:
+                    self.results.append((r.status_code, detail))
+            except requests.RequestException as e:
+                with self._lock:
+                    self.errors.append(type(e).__name__)
+                time.sleep(0.01)
+
+    def versions_since(self, start: int) -> set[str]:
+        with self._lock:
+            return {v for code, v in self.results[start:] if code == 200}
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)

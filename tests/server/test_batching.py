@@ -25,18 +25,14 @@ def servable(fn) -> tuple[Servable, FakeRuntime]:  # type: ignore[no-untyped-def
     return Servable("m", 2, manifest, rt, "onnx", "cpu", "test", 0.0), rt
 
 
-def work(
-    rows: int, value: float = 1.0, dtype: type = np.float32, version: int | None = None
-) -> Work:
+def work(rows: int, value: float = 1.0, dtype: type = np.float32, version: int | None = None) -> Work:
     arr = np.full((rows, 4), value, dtype=dtype)
     return Work(InferRequest({"input": arr}, rows=rows), version)
 
 
 def test_one_bad_request_does_not_fail_its_batch() -> None:
     s, rt = servable(lambda x: x * 2)
-    outcomes = run_batch(
-        s, "m", [work(1, 1), work(2, 1, np.float64), work(3, 5), work(1, version=9)], 32, ""
-    )
+    outcomes = run_batch(s, "m", [work(1, 1), work(2, 1, np.float64), work(3, 5), work(1, version=9)], 32, "")
     assert [o.status for o in outcomes] == [200, 400, 200, 404]
     assert "expected FP32" in outcomes[1].error and "version 9" in outcomes[3].error
     assert outcomes[0].outputs["output"].shape == (1, 4)  # type: ignore[index]

@@ -17,9 +17,7 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
         "defaults": {"max_batch_size": 16},
         "models": {"digits": {"policy": "best:val_acc", "device": "cpu"}, "other": None},
     }
-    cfg = build(
-        file, {"MODELDOCK_PORT": "9100", "MODELDOCK_API_KEY": "k"}, {"port": 9200, "host": None}
-    )
+    cfg = build(file, {"MODELDOCK_PORT": "9100", "MODELDOCK_API_KEY": "k"}, {"port": 9200, "host": None})
     assert cfg.port == 9200 and cfg.poll_interval == 1.0 and cfg.api_key == "k"
     digits = cfg.model("digits")
     assert digits.policy == "best:val_acc" and digits.max_batch_size == 16
@@ -59,9 +57,7 @@ def test_any_ip_is_accepted() -> None:
 def test_config_file_errors_and_cache_default(tmp_path: Path) -> None:
     bad = tmp_path / "c.yaml"
     bad.write_text("port: [1,\n")
-    args = argparse.Namespace(
-        config=str(bad), store="models", host=None, port=None, poll_interval=None, cache_dir=None
-    )
+    args = argparse.Namespace(config=str(bad), store="models", host=None, port=None, poll_interval=None, cache_dir=None)
     with pytest.raises(ConfigError, match="not valid YAML"):
         from_args(args, {})
     args.config = None

@@ -99,9 +99,7 @@ def test_json_response_carries_id_and_version() -> None:
         (body(), "99999", "outside the body"),
     ],
 )
-def test_malformed_requests_are_400_with_a_message(
-    raw: bytes, header: str | None, message: str
-) -> None:
+def test_malformed_requests_are_400_with_a_message(raw: bytes, header: str | None, message: str) -> None:
     with pytest.raises(ProtocolError) as e:
         decode(raw, header)
     assert e.value.status == 400 and message in e.value.message
@@ -134,9 +132,5 @@ def test_signature_mismatches_name_the_tensor(spec: dict, message: str) -> None:
 
 
 def test_unknown_requested_output() -> None:
-    req = decode(
-        json.dumps(
-            {"inputs": json.loads(body())["inputs"], "outputs": [{"name": "logits"}]}
-        ).encode()
-    )
+    req = decode(json.dumps({"inputs": json.loads(body())["inputs"], "outputs": [{"name": "logits"}]}).encode())
     assert "unknown output 'logits'" in (check_inputs(SIG, req) or "")

@@ -38,9 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     publish_tiny(store, seed=1)
     publish_tiny(store, name="limited")
     for name, cls in (("flaky", FlakyModel), ("slow", SlowModel)):
-        store.publish(
-            name, cls(), example_inputs=example_input(), model_factory=cls, formats=("state_dict",)
-        )
+        store.publish(name, cls(), example_inputs=example_input(), model_factory=cls, formats=("state_dict",))
     publish_tiny(store, name="broken")
     onnx = store.path("broken", 1) / "model.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")  # same size, wrong sha256
@@ -100,9 +98,7 @@ def test_binary_tensors_both_ways(server: ServerProcess) -> None:
     n = int(r.headers["Inference-Header-Content-Length"])
     doc = json.loads(r.content[:n])
     assert doc["model_version"] == "2" and doc["outputs"][0]["parameters"]["binary_data_size"] == 24
-    assert np.allclose(
-        np.frombuffer(r.content[n:], np.float32).reshape(2, 3), expected(1, ROWS), atol=1e-5
-    )
+    assert np.allclose(np.frombuffer(r.content[n:], np.float32).reshape(2, 3), expected(1, ROWS), atol=1e-5)
 
 
 def test_a_standard_v2_client_works_with_its_defaults(server: ServerProcess) -> None:
@@ -139,10 +135,7 @@ def test_metadata_and_readiness(server: ServerProcess) -> None:
     assert ready.status_code == 503 and ready.json()["waiting_for"] == ["broken"]
     assert server.get("/v2/models/broken/ready").status_code == 503
     broken = server.get("/v2/models/broken").json()
-    assert (
-        "sha256 mismatch" in broken["properties"]["reason"]
-        and "1" in broken["properties"]["rejected"]
-    )
+    assert "sha256 mismatch" in broken["properties"]["reason"] and "1" in broken["properties"]["rejected"]
     r = server.post("/v2/models/broken/infer", infer_body(ROWS))
     assert r.status_code == 503 and "sha256 mismatch" in r.json()["error"]
 
@@ -165,11 +158,7 @@ def test_metadata_and_readiness(server: ServerProcess) -> None:
         ),
         (
             "/v2/models/tiny/infer",
-            {
-                "inputs": [
-                    {"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}
-                ]
-            },
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]},
             400,
             "expected FP32, got INT64",
         ),
@@ -207,9 +196,7 @@ def test_metadata_and_readiness(server: ServerProcess) -> None:
         ),
     ],
 )
-def test_refusals_name_the_problem(
-    server: ServerProcess, path: str, body: object, status: int, message: str
-) -> None:
+def test_refusals_name_the_problem(server: ServerProcess, path: str, body: object, status: int, message: str) -> None:
     started = time.monotonic()
     r = server.post(path, body)
     assert r.status_code == status, r.text
@@ -228,16 +215,9 @@ def test_unknown_routes_and_methods_answer_error_objects(server: ServerProcess) 
 
 def test_one_bad_request_never_fails_its_batch(server: ServerProcess) -> None:
     good = infer_body([[0.5, 0.5, 0.5, 0.5]])
-    bad_dtype = {
-        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]
-    }
+    bad_dtype = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
     failing = infer_body([[FAIL_VALUE, 0, 0, 0]])
-    jobs = (
-        [("tiny", good)] * 12
-        + [("tiny", bad_dtype)] * 4
-        + [("flaky", good)] * 12
-        + [("flaky", failing)] * 2
-    )
+    jobs = [("tiny", good)] * 12 + [("tiny", bad_dtype)] * 4 + [("flaky", good)] * 12 + [("flaky", failing)] * 2
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda j: server.post(f"/v2/models/{j[0]}/infer", j[1]), jobs))
     codes = [r.status_code for r in results]
@@ -278,12 +258,7 @@ def test_api_key_guards_all_but_health(tmp_path: Path, start_server) -> None:  #
     r = srv.post("/v2/models/tiny/infer", infer_body(ROWS))
     assert r.status_code == 401 and "API key" in r.json()["error"]
     assert srv.get("/v2/models/tiny").status_code == 401
-    assert (
-        srv.post(
-            "/v2/models/tiny/infer", infer_body(ROWS), headers={"X-API-Key": "sekrit"}
-        ).status_code
-        == 200
-    )
+    assert srv.post("/v2/models/tiny/infer", infer_body(ROWS), headers={"X-API-Key": "sekrit"}).status_code == 200
     assert srv.get("/v2/models/tiny", headers={"Authorization": "Bearer sekrit"}).status_code == 200
 
 
