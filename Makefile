@@ -25,12 +25,13 @@ lint: $(BIN)/modeldock
 	$(BIN)/ruff check model_store server tests bench
 	$(BIN)/ruff format --check model_store server tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 test: lint
 	$(BIN)/pytest -q
 
 bench: $(BIN)/modeldock
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -141,12 +141,11 @@ class RowBatchLoop(LitLoop):  # type: ignore[misc]
         if not items:
             return
         outcomes = lit_api.handle([item[3] for item in items], [item[2] for item in items])
-        for (response_queue_id, uid, _, _), outcome in zip(items, outcomes, strict=True):
-            self.put_response(
-                transport,
-                response_queue_id,
-                uid,
-                outcome,
-                LitAPIStatus.OK,
-                LoopResponseType.REGULAR,
+        # One message per HTTP process for the whole batch: fewer pickles, writes and wakeups.
+        by_consumer: dict[int, list[Any]] = {}
+        for (consumer, uid, _, _), outcome in zip(items, outcomes, strict=True):
+            by_consumer.setdefault(consumer, []).append(
+                (uid, (outcome, LitAPIStatus.OK, LoopResponseType.REGULAR, worker_id))
             )
+        for consumer, answers in by_consumer.items():
+            transport.send_many(answers, consumer)

@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
-_ERROR = b'{"error":"server is shutting down; retry on another replica"}'
 
 
 class Drain:
@@ -77,34 +76,3 @@ def stop_process(proc: Any, sig: int, timeout: float) -> None:
         log.warning("%s did not stop in %ss; killing it", proc.name, timeout)
         proc.kill()
         proc.join(5)
-
-
-class DrainMiddleware:
-    """ASGI: 503 for new requests while draining (liveness stays 200), and in-flight counting."""
-
-    def __init__(self, app: Any, drain: Drain) -> None:
-        self.app, self.drain = app, drain
-        self._counter: Synchronized[int] | None = None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.drain.flag.is_set() and scope["path"] != "/v2/health/live":
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-                }
-            )
-            await send({"type": "http.response.body", "body": _ERROR})
-            return
-        if self._counter is None:  # LitServe sets this process's index before serving
-            self._counter = self.drain.inflight[int(os.environ.get("LITSERVE_WORKER_ID", "0"))]
-        counter = self._counter
-        counter.value += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            counter.value -= 1

@@ -14,10 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from .api import check_api_key, error_response
 from .board import Board, WorkerRecord
 from .config import ModelConfig
 from .metrics import exposition
+from .spec import check_api_key, error_reply, to_response
 
 EXTENSIONS = ["binary_tensor_data", "model_repository_versions", "golden_output_validation"]
 
@@ -62,10 +62,10 @@ class Routes:
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no route {request.url.path}"
-        return error_response(exc.status_code, str(message), dict(exc.headers or {}))
+        return _error(exc.status_code, str(message), dict(exc.headers or {}))
 
     async def _validation_error(self, request: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, f"invalid request: {exc.errors()}")
+        return _error(400, f"invalid request: {exc.errors()}")
 
     async def metrics(self) -> Response:
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -89,7 +89,7 @@ class Routes:
 
     def _known(self, name: str) -> Response | None:
         if name not in self.models:
-            return error_response(404, f"unknown model {name!r}; serving {sorted(self.models)}")
+            return _error(404, f"unknown model {name!r}; serving {sorted(self.models)}")
         return None
 
     async def model_metadata(self, request: Request, name: str, version: str | None = None) -> Response:
@@ -99,7 +99,7 @@ class Routes:
         records = self.records(name)
         serving = next((r for r in records if r.get("version") is not None), None)
         if version is not None and (serving is None or str(serving.get("version")) != version):
-            return error_response(404, f"version {version!r} of model {name!r} is not loaded")
+            return _error(404, f"version {version!r} of model {name!r} is not loaded")
         signature = (serving or {}).get("signature") or {"inputs": [], "outputs": []}
         properties: dict[str, Any] = {
             "state": records[0].get("state"),
@@ -128,9 +128,13 @@ class Routes:
             return missing
         want = int(version) if version is not None and version.isdigit() else None
         if version is not None and want is None:
-            return error_response(404, f"model {name!r} has no version {version!r}")
+            return _error(404, f"model {name!r} has no version {version!r}")
         ready = self.ready(name, want)
         return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def unknown_infer(self, name: str, version: str | None = None) -> Response:
-        return error_response(404, f"unknown model {name!r}; serving {sorted(self.models)}")
+        return _error(404, f"unknown model {name!r}; serving {sorted(self.models)}")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return to_response(error_reply(status, message, headers))
