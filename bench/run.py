@@ -37,7 +37,7 @@ PY = sys.executable
 @dataclass
 class Plan:
     reps: int = 2
-    requests: int = 3000
+    requests: int = 15000
     max_s: float = 4.0
     concurrency: tuple[int, ...] = (1, 8, 32, 64)
     models: tuple[str, ...] = ("mlp", "cnn", "digits")

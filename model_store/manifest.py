@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ class Manifest:
     def load(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST_NAME
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # reading a FIFO would block forever
+                raise ManifestError(f"{path}: not a regular file")
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise ManifestError(f"{path}: no manifest") from None

@@ -172,6 +172,8 @@ def load_runtime(
             )
         log.warning("loading trusted pickle %s", path)
         module = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(module, torch.nn.Module):
+            raise StoreError(f"{path.name}: the pickle holds a {type(module).__name__}, not a torch.nn.Module")
     else:
         raise StoreError(f"unknown format {fmt!r}")
     return TorchRuntime(module, signature, fmt, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,14 +117,22 @@ def check_files(folder: Path, manifest: Manifest, hashes: HashCache) -> list[str
     for entry in manifest.files:
         p = folder / entry.path
         try:
-            size = p.stat().st_size
+            st = p.stat()
         except OSError:
             problems.append(f"{entry.path}: missing")
             continue
-        if size != entry.size:
-            problems.append(f"{entry.path}: size {size} != manifest {entry.size}")
-        elif hashes.sha256(p) != entry.sha256:
-            problems.append(f"{entry.path}: sha256 mismatch (file changed or corrupted)")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end a read
+            problems.append(f"{entry.path}: not a regular file")
+        elif st.st_size != entry.size:
+            problems.append(f"{entry.path}: size {st.st_size} != manifest {entry.size}")
+        else:
+            try:
+                digest = hashes.sha256(p)
+            except OSError as e:
+                problems.append(f"{entry.path}: unreadable ({e.strerror})")
+                continue
+            if digest != entry.sha256:
+                problems.append(f"{entry.path}: sha256 mismatch (file changed or corrupted)")
     return problems
 
 
@@ -141,15 +150,20 @@ def check_artifact(
     if artifact is None:
         raise StoreError(f"no {fmt} artifact in version {manifest.version}")
     ins, want = load_examples(folder / manifest.examples.path)
-    runtime = load_runtime(
-        fmt,
-        folder / artifact.path,
-        manifest.signature,
-        device=device,
-        factory=manifest.model_factory,
-        trust_pickle=trust_pickle,
-        threads=threads,
-    )
+    try:
+        runtime = load_runtime(
+            fmt,
+            folder / artifact.path,
+            manifest.signature,
+            device=device,
+            factory=manifest.model_factory,
+            trust_pickle=trust_pickle,
+            threads=threads,
+        )
+    except StoreError:
+        raise
+    except Exception as e:  # onnxruntime, torch.jit and unpickling raise many types on bad files
+        raise StoreError(f"{fmt}: cannot be loaded ({type(e).__name__}: {e})") from None
     try:
         got = runtime.predict(ins)
     except Exception as e:  # any failure of the model on its own examples rejects it

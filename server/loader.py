@@ -6,7 +6,6 @@ Cheap to construct; all the work is in `load()` (TF Serving's loader contract).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from model_store.runtimes import Runtime, Tensors
 from model_store.verify import HashCache, check_artifact, check_files, load_examples
 
 from .config import ModelConfig
+from .resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[st
 def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:
     if cfg.threads:
         return cfg.threads
-    return max(1, (os.cpu_count() or 1) // (total_workers + api_servers))
+    return max(1, usable_cpus() // (total_workers + api_servers))
 
 
 class Loader:

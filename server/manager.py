@@ -24,6 +24,7 @@ from model_store.policy import VersionPolicy
 from .board import Board, WorkerRecord
 from .config import ModelConfig
 from .loader import PLATFORMS, Loader, Rejected, Servable
+from .resources import available_memory
 from .source import Aspired, StoreSource
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,7 @@ def memory_problem(folder: Path, manifest: Manifest, fmt: str, device: str) -> s
         if need > free:
             return f"not enough GPU memory on {device}: need ~{need >> 20} MiB, {free >> 20} MiB free"
         return None
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None  # no way to tell on this platform: load and let the OS decide
-    available = next(
-        (int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")),
-        None,
-    )
+    available = available_memory()
     if available is not None and need > available:
         return f"not enough memory: need ~{need >> 20} MiB, {available >> 20} MiB available"
     return None

@@ -75,7 +75,9 @@ class Routes:
 
     async def server_ready(self) -> Response:
         waiting = [n for n in self.models if not self.ready(n)]
-        return _json({"ready": not waiting, "waiting_for": waiting}, 200 if not waiting else 503)
+        if not waiting:
+            return _json({"ready": True, "waiting_for": []})
+        return _json({"ready": False, "waiting_for": waiting, "error": f"not ready: {waiting}"}, 503)
 
     async def server_metadata(self, request: Request) -> Response:
         check_api_key(self.api_key, request)
@@ -126,11 +128,12 @@ class Routes:
         check_api_key(self.api_key, request)
         if (missing := self._known(name)) is not None:
             return missing
-        want = int(version) if version is not None and version.isdigit() else None
-        if version is not None and want is None:
-            return _error(404, f"model {name!r} has no version {version!r}")
-        ready = self.ready(name, want)
-        return _json({"name": name, "ready": ready}, 200 if ready else 503)
+        if version is not None and not any(str(r.get("version")) == version for r in self.records(name)):
+            return _error(404, f"version {version!r} of model {name!r} is not loaded")
+        if self.ready(name, int(version) if version else None):
+            return _json({"name": name, "ready": True})
+        reason = self.records(name)[0].get("reason") or "loading"
+        return _json({"name": name, "ready": False, "error": f"model {name!r} is not ready: {reason}"}, 503)
 
     async def unknown_infer(self, name: str, version: str | None = None) -> Response:
         return _error(404, f"unknown model {name!r}; serving {sorted(self.models)}")

@@ -1,0 +1,169 @@
+"""Hand-written hostile requests against a real server: each refused with a 4xx naming the
+problem, answered quickly, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.server.conftest import ServerProcess, infer_body
+
+GOOD = infer_body([[0.1, 0.2, 0.3, 0.4]])
+LYING = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":64}}]}'
+
+
+def raw(server: ServerProcess, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def post(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return head.encode() + b"\r\n" + body
+
+
+CASES = [
+    ("malformed JSON", "/v2/models/tiny/infer", b'{"inputs": [', {}, 400, "malformed JSON"),
+    (
+        "strings for numbers",
+        "/v2/models/tiny/infer",
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]}
+        ).encode(),
+        {},
+        400,
+        "non-numeric",
+    ),
+    (
+        "negative dimension",
+        "/v2/models/tiny/infer",
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [-1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        ).encode(),
+        {},
+        400,
+        "negative",
+    ),
+    (
+        "absurd shape",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "shape": [10**12, 64], "datatype": "FP32", "data": [1]}]}).encode(),
+        {},
+        400,
+        "over the limit",
+    ),
+    (
+        "huge dimension product",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "shape": [2**62, 2**62], "datatype": "FP32", "data": [1]}]}).encode(),
+        {},
+        400,
+        "over the limit",
+    ),
+    ("empty inputs", "/v2/models/tiny/infer", json.dumps({"inputs": []}).encode(), {}, 400, "non-empty"),
+    (
+        "zero rows",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "shape": [0, 4], "datatype": "FP32", "data": []}]}).encode(),
+        {},
+        400,
+        "no rows",
+    ),
+    (
+        "unknown datatype",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BF16", "data": [1, 2, 3, 4]}]}).encode(),
+        {},
+        400,
+        "datatype",
+    ),
+    (
+        "header length too large",
+        "/v2/models/tiny/infer",
+        json.dumps(GOOD).encode(),
+        {"Inference-Header-Content-Length": "999999"},
+        400,
+        "outside the body",
+    ),
+    (
+        "header length not a number",
+        "/v2/models/tiny/infer",
+        json.dumps(GOOD).encode(),
+        {"Inference-Header-Content-Length": "-x"},
+        400,
+        "not an integer",
+    ),
+    (
+        "binary size lies",
+        "/v2/models/tiny/infer",
+        LYING + b"\0" * 16,
+        {"Inference-Header-Content-Length": str(len(LYING))},
+        400,
+        "runs past the end",
+    ),
+    ("dot-dot model", "/v2/models/../infer", json.dumps(GOOD).encode(), {}, 404, ""),
+    ("encoded slash", "/v2/models/..%2F..%2Fetc/infer", json.dumps(GOOD).encode(), {}, 404, ""),
+    ("version traversal", "/v2/models/tiny/versions/..%2F1/infer", json.dumps(GOOD).encode(), {}, 404, ""),
+    ("negative version", "/v2/models/tiny/versions/-1/infer", json.dumps(GOOD).encode(), {}, 404, "no version"),
+    ("body over the limit", "/v2/models/tiny/infer", b"{" + b" " * (2 << 20) + b"}", {}, 413, "over the limit"),
+]
+
+
+@pytest.mark.parametrize(("label", "path", "body", "headers", "status", "message"), CASES, ids=[c[0] for c in CASES])
+def test_hostile_request_is_refused_with_a_message(
+    tiny_server: ServerProcess, label: str, path: str, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
+    started = time.monotonic()
+    got, content = raw(tiny_server, post(path, body, headers))
+    assert got == status, content[:300]
+    assert message in json.loads(content)["error"]
+    assert time.monotonic() - started < 2  # refusals answer in well under a second here
+    assert tiny_server.post("/v2/models/tiny/infer", GOOD).status_code == 200
+
+
+def test_a_slow_client_does_not_hold_up_others(tiny_server: ServerProcess) -> None:
+    body = json.dumps(GOOD).encode()
+    result: dict[str, object] = {}
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", tiny_server.port), timeout=30) as s:
+            s.sendall(
+                post("/v2/models/tiny/infer", b"", {})[:-2].replace(
+                    b"Content-Length: 0", f"Content-Length: {len(body)}".encode()
+                )
+                + b"\r\n"
+            )
+            for i in range(0, len(body), 8):  # about 2 s for the whole body
+                s.sendall(body[i : i + 8])
+                time.sleep(2 / (len(body) / 8))
+            result["reply"] = s.recv(65536)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    fast = []
+    while t.is_alive() and len(fast) < 500:
+        started = time.monotonic()
+        assert tiny_server.post("/v2/models/tiny/infer", GOOD).status_code == 200
+        fast.append(time.monotonic() - started)
+    t.join(30)
+    assert len(fast) > 10 and max(fast) < 1.0
+    assert b" 200 " in result["reply"]  # type: ignore[operator]
