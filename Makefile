@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STORE  ?= models
 
-.PHONY: serve test lint bench demo clean
+.PHONY: serve test lint bench soak clean
 
 $(BIN)/modeldock: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: lint
 
 bench: $(BIN)/modeldock
 	$(BIN)/python -m bench.run --out docs
+
+soak: $(BIN)/modeldock
+	$(BIN)/python -m bench.soak --minutes 10 --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -39,25 +39,29 @@ def _client(port: int, model: str, body_file: Path, seconds: float) -> dict[str,
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def land_copy(store: Path, model: str) -> int:
+    """A new version of `model`: a copy of its first version, landed atomically (stage, rename)."""
+    src = next(p for p in sorted((store / model).iterdir()) if p.name.isdigit())
+    n = max(int(p.name) for p in (store / model).iterdir() if p.name.isdigit()) + 1
+    staging = store / model / f".staging-{n}"
+    shutil.copytree(src, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest["version"] = n
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    staging.rename(store / model / str(n))
+    return n
+
+
 def swap_under_load(port: int, store: Path, model: str, shape: tuple[int, ...], seconds: float = 6.0) -> dict[str, Any]:
     """Steady run, then a run during which a new version lands every second (copies of v1)."""
     body_file = store.parent / "swap-body.json"
     body_file.write_bytes(json_body(shape))
     steady = _client(port, model, body_file, seconds)
-    src = next(p for p in sorted((store / model).iterdir()) if p.name.isdigit())
     stop, landed = threading.Event(), []
 
     def publisher() -> None:
-        n = max(int(p.name) for p in (store / model).iterdir() if p.name.isdigit())
         while not stop.wait(1.0):
-            n += 1
-            staging = store / model / f".staging-{n}"
-            shutil.copytree(src, staging)
-            manifest = json.loads((staging / "manifest.json").read_text())
-            manifest["version"] = n
-            (staging / "manifest.json").write_text(json.dumps(manifest))
-            staging.rename(store / model / str(n))
-            landed.append(n)
+            landed.append(land_copy(store, model))
 
     t = threading.Thread(target=publisher)
     t.start()

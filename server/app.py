@@ -65,9 +65,11 @@ class ModeldockServer(ls.LitServer):  # type: ignore[misc]
     def _init_manager(self, num_api_servers: int) -> Any:
         manager = super()._init_manager(num_api_servers)
         # LitServe's Manager queues cost ~2 ms of CPU per request: see transport.py.
-        for path in self.litapi_request_queues:
-            self.litapi_request_queues[path] = RequestChannel(num_api_servers)
-        self._transport = PipeTransport(num_api_servers, self.response_buffer)
+        writers = []
+        for api in self.litapi_connector:
+            self.litapi_request_queues[api.api_path] = RequestChannel(num_api_servers, api.cfg.workers)
+            writers += [(api.cfg.name, w) for w in range(api.cfg.workers)]
+        self._transport = PipeTransport(num_api_servers, writers, self.response_buffer)
         self.board = Board(manager.dict())
         for api in self.litapi_connector:
             api.board = self.board

@@ -148,4 +148,4 @@ class RowBatchLoop(LitLoop):  # type: ignore[misc]
                 (uid, (outcome, LitAPIStatus.OK, LoopResponseType.REGULAR, worker_id))
             )
         for consumer, answers in by_consumer.items():
-            transport.send_many(answers, consumer)
+            transport.send_many(answers, consumer, (lit_api.cfg.name, worker_id))

@@ -10,19 +10,19 @@ underneath. `ModeldockServer._init_manager` swaps in:
   loop without blocking (a full pipe is finished by `add_writer`), read by the model's workers,
   which block in `get` while idle. (`multiprocessing.Queue` hands each put to a feeder thread, which waits up to a GIL
   switch interval, 5 ms, in a busy HTTP process.)
-- responses (`PipeTransport`): one pipe per HTTP process; a worker sends a whole batch's answers
-  for that process in one message; the HTTP process reads on its event loop (`add_reader`) and
+- responses (`PipeTransport`): one pipe per HTTP process and worker; a worker sends a whole
+  batch's answers for that process in one message; the HTTP process reads on its event loop (`add_reader`) and
   completes each request's future directly. LitServe's own response consumer task then idles.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import pickle
 import struct
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from queue import Empty
@@ -33,6 +33,7 @@ from litserve.transport.base import MessageTransport
 # Spawn-context objects can be handed to spawned workers and inherited by forked HTTP processes.
 _CTX = mp.get_context("spawn")
 _MAX_FRAME = 0x7FFFFFFF
+_NOTHING = object()
 
 
 def _frame(item: Any) -> bytes:
@@ -45,11 +46,13 @@ def _frame(item: Any) -> bytes:
 class RequestChannel:
     """Queue-like: `put` in HTTP processes (on the event loop), `get` in workers."""
 
-    def __init__(self, producers: int) -> None:
+    def __init__(self, producers: int, consumers: int) -> None:
         pipes = [_CTX.Pipe(duplex=False) for _ in range(producers)]
         self._readers: list[Connection] = [r for r, _ in pipes]
         self._writers: list[Connection] = [w for _, w in pipes]
-        self._read_lock = _CTX.Lock()  # several workers of one model share the pipes
+        # Several workers of one model share the pipes; a single worker needs no lock (and a
+        # lock held by a killed worker would stop its replacement).
+        self._read_lock = _CTX.Lock() if consumers > 1 else None
         self._next = 0
         self._out = bytearray()  # this producer's unsent bytes (never pickled)
         self._fd = -1
@@ -91,38 +94,53 @@ class RequestChannel:
     # ---- consumer side: a worker ----------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         wait_s = timeout if block else 0.0
-        if not self._read_lock.acquire(timeout=-1 if wait_s is None else max(wait_s, 0.0)):
-            raise Empty
-        try:
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            # Wait without the lock: a worker killed while waiting must not leave it held.
             if len(self._readers) == 1:  # one HTTP process: a single poll() instead of a selector
                 ready = self._readers if self._readers[0].poll(wait_s) else []
             else:
                 ready = wait(self._readers, wait_s)  # type: ignore[assignment]
             if not ready:
                 raise Empty
-            # Rotate the starting pipe so one busy HTTP process cannot starve the others.
-            self._next = (self._next + 1) % len(ready)
-            return ready[self._next].recv()
-        finally:
-            self._read_lock.release()
+            item = self._take(ready)
+            if item is not _NOTHING:
+                return item
+            if deadline is not None:  # another worker took it; wait for the rest of the time
+                wait_s = deadline - time.monotonic()
+                if wait_s <= 0:
+                    raise Empty
+
+    def _take(self, ready: list[Connection]) -> Any:
+        """Receive one message from a ready pipe; with several workers, one at a time."""
+        # Rotate the starting pipe so one busy HTTP process cannot starve the others.
+        self._next = (self._next + 1) % len(ready)
+        order = ready[self._next :] + ready[: self._next]
+        if self._read_lock is None:  # the model's only worker: nobody to race with
+            return order[0].recv()
+        with self._read_lock:  # held only while a message is read, never while waiting
+            for conn in order:
+                if conn.poll(0):
+                    return conn.recv()
+        return _NOTHING
 
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
 
 class PipeTransport(MessageTransport):  # type: ignore[misc]
-    """Worker -> HTTP process responses, one pipe per HTTP process (LitServe's consumer id)."""
+    """Worker -> HTTP process responses: one pipe per (HTTP process, worker), so every pipe has
+    a single writer and needs no lock (a lock held by a killed worker would stop its
+    replacement, which writes to the same pipe)."""
 
-    def __init__(self, consumers: int, waiters: dict[Any, Any]) -> None:
-        pipes = [_CTX.Pipe(duplex=False) for _ in range(consumers)]
-        self._readers: list[Connection] = [r for r, _ in pipes]
-        self._writers: list[Connection] = [w for _, w in pipes]
-        # Several workers write to one pipe: a message larger than PIPE_BUF must not interleave.
-        self._locks = [_CTX.Lock() for _ in range(consumers)]
+    def __init__(self, consumers: int, writers: list[tuple[str, int]], waiters: dict[Any, Any]) -> None:
+        self._slots = {w: i for i, w in enumerate(writers)}  # (model, worker id) -> pipe index
+        pipes = [[_CTX.Pipe(duplex=False) for _ in writers] for _ in range(consumers)]
+        self._readers: list[list[Connection]] = [[r for r, _ in row] for row in pipes]
+        self._writers: list[list[Connection]] = [[w for _, w in row] for row in pipes]
         # uid -> future, in each HTTP process (LitServe's response_buffer dict, process-local).
         self.waiters = waiters
         self._reading = False
-        self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -130,29 +148,27 @@ class PipeTransport(MessageTransport):  # type: ignore[misc]
         return state
 
     def send(self, item: Any, consumer_id: int) -> None:
-        self.send_many([item], consumer_id)
+        raise NotImplementedError("modeldock's loop answers through send_many")
 
-    def send_many(self, items: Sequence[Any], consumer_id: int) -> None:
+    def send_many(self, items: Sequence[Any], consumer_id: int, writer: tuple[str, int]) -> None:
         """Items are LitServe's (uid, (response, status, response_type, worker_id))."""
-        with self._locks[consumer_id]:
-            self._writers[consumer_id].send(list(items))
+        self._writers[consumer_id][self._slots[writer]].send(list(items))
 
     async def areceive(self, consumer_id: int, timeout: float | None = None, block: bool = True) -> Any:
         """LitServe's consumer task calls this in a loop; answers go straight to the waiting
-        futures instead, so this only starts the reader and then waits until cancelled."""
+        futures instead, so this only starts the readers and then waits until cancelled."""
+        loop = asyncio.get_running_loop()
         if not self._reading:
             self._reading = True
-            reader = self._readers[consumer_id]
-            asyncio.get_running_loop().add_reader(reader.fileno(), self._drain, reader)
-        await asyncio.get_running_loop().create_future()
+            for reader in self._readers[consumer_id]:
+                loop.add_reader(reader.fileno(), self._drain, reader)
+        await loop.create_future()
 
     def _drain(self, reader: Connection) -> None:
         try:
             while reader.poll():
                 batch = reader.recv()
-                if batch is None:
-                    continue
-                for uid, (response, status, *_) in batch:
+                for uid, (response, status, *_) in batch or ():
                     future = self.waiters.pop(uid, None)
                     if future is not None and not future.done():
                         future.set_result((response, status))
@@ -160,11 +176,7 @@ class PipeTransport(MessageTransport):  # type: ignore[misc]
             asyncio.get_running_loop().remove_reader(reader.fileno())
 
     def close(self, send_sentinel: bool = True) -> None:
-        self._closed = True
-        if send_sentinel:
-            for i in range(len(self._writers)):
-                with contextlib.suppress(OSError):
-                    self._writers[i].send(None)
+        """Nothing to flush: HTTP processes stop reading when they stop."""
 
 
 def await_response(waiters: dict[Any, Any], uid: Any, timeout: float) -> Callable[[], Any]:

@@ -94,3 +94,15 @@ class FakeRuntime:
 
     def describe(self) -> dict[str, str]:
         return {"runtime": "fake"}
+
+
+class SlowLoadModel(TinyMLP):
+    """Takes LOAD_SECONDS to build: a version load long enough to interrupt."""
+
+    LOAD_SECONDS = 4.0
+
+    def __init__(self, seed: int = 0, hidden: int = 8) -> None:
+        import time
+
+        time.sleep(self.LOAD_SECONDS)
+        super().__init__(seed, hidden)
