@@ -11,6 +11,7 @@ from .errors import (
 from .manifest import Manifest
 from .policy import VersionPolicy
 from .runtimes import model_factory
+from .s3 import S3ModelStore
 from .store import ModelStore, VersionState, VersionStatus
 from .verify import VerifyReport
 
@@ -20,6 +21,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ModelStore",
+    "S3ModelStore",
     "StoreError",
     "UntrustedPickle",
     "VerificationFailed",

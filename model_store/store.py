@@ -3,6 +3,9 @@
 A version is *pending* while its manifest is missing or unparsable or a listed file is missing
 or of the wrong size (a copy in progress); *rejected* when complete but failing a check (the
 reason is kept until the manifest or a listed file changes); otherwise *valid*.
+
+`ModelStore("s3://bucket/prefix")` is a store on object storage (`model_store.s3`): it mirrors
+the bucket into a local folder and applies these same rules to the mirror.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .verify import HashCache, VerifyReport, verify_version
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STAGING_PREFIX = ".staging-"
+S3_SCHEME = "s3://"
 
 
 class VersionState(enum.Enum):
@@ -69,9 +73,26 @@ def check_version(version: int | str) -> int:
 
 
 class ModelStore:
-    """A folder of models and their numbered versions; the unit a training script publishes to."""
+    """A folder of models and their numbered versions; the unit a training script publishes to.
 
-    def __init__(self, root: str | os.PathLike[str] = "models", *, trust_pickle: bool = False):
+    A root of the form `s3://bucket/prefix` makes an `S3ModelStore` (see `model_store.s3`);
+    `cache_dir` says where it keeps its mirror and is not used by a folder store.
+    """
+
+    def __new__(cls, root: str | os.PathLike[str] = "models", **kwargs: Any) -> ModelStore:
+        if cls is ModelStore and isinstance(root, str) and root.startswith(S3_SCHEME):
+            from .s3 import S3ModelStore  # boto3 is imported only by stores that need it
+
+            return super().__new__(S3ModelStore)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "models",
+        *,
+        trust_pickle: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} is a file, not a folder")
@@ -82,7 +103,12 @@ class ModelStore:
         self._looked: dict[tuple[str, int], tuple[tuple[Any, ...], VersionStatus]] = {}
 
     def __repr__(self) -> str:
-        return f"ModelStore({str(self.root)!r})"
+        return f"ModelStore({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages: its folder, or its `s3://` URL."""
+        return str(self.root)
 
     # ---- listing -------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -158,15 +184,7 @@ class ModelStore:
     def resolve(self, name: str, policy: str | VersionPolicy = "latest", *, servable: bool = False) -> int:
         """The version a policy picks among valid versions (servable ones only if asked)."""
         pol = VersionPolicy.parse(policy) if isinstance(policy, str) else policy
-        candidates = {
-            s.version: s.manifest.metrics
-            for s in self.statuses(name)
-            if s.state is VersionState.VALID and s.manifest and (s.servable or not servable)
-        }
-        chosen = pol.choose(candidates)
-        if chosen is None:
-            raise StoreError(f"no valid version of {name!r} matches policy {pol}")
-        return chosen
+        return choose_version(name, pol, self.statuses(name), servable)
 
     # ---- publishing ----------------------------------------------------------------------
     def publish(
@@ -198,6 +216,10 @@ class ModelStore:
             trust_pickle=options.pop("trust_pickle", self.trust_pickle),
             **options,
         )
+        return self._land(name, plan)
+
+    def _land(self, name: str, plan: _publish.Plan) -> int:
+        """Reserve a number, build the version in its staging folder and rename it into place."""
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
         version, staging = reserve_version(model_dir)
@@ -211,6 +233,18 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
+
+
+def choose_version(name: str, policy: VersionPolicy, statuses: list[VersionStatus], servable: bool) -> int:
+    candidates = {
+        s.version: s.manifest.metrics
+        for s in statuses
+        if s.state is VersionState.VALID and s.manifest and (s.servable or not servable)
+    }
+    chosen = policy.choose(candidates)
+    if chosen is None:
+        raise StoreError(f"no valid version of {name!r} matches policy {policy}")
+    return chosen
 
 
 def reserve_version(model_dir: Path) -> tuple[int, Path]:

@@ -15,6 +15,7 @@ import litserve as ls
 import uvicorn.server
 
 from model_store import ModelStore, StoreError
+from model_store.s3 import S3ModelStore
 
 from .api import ModelAPI
 from .board import Board
@@ -118,13 +119,19 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def build_server(cfg: ServerConfig) -> ModeldockServer:
-    root = Path(cfg.store)
-    store = ModelStore(root)
-    if not root.is_dir():
-        raise StoreError(f"store {root} does not exist")
+    store = ModelStore(cfg.store, cache_dir=cfg.cache_dir or None)
+    if isinstance(store, S3ModelStore):
+        # Workers get the mirror's path and reopen the bucket from its origin marker.
+        root = store.init_mirror()
+    else:
+        root = store.root
+        if not root.is_dir():
+            raise StoreError(f"store {root} does not exist")
     names = [m.name for m in cfg.models] if cfg.models else store.models()
     if not names:
-        raise StoreError(f"store {root} has no models; publish one (e.g. `modeldock demo --store {root}`)")
+        raise StoreError(
+            f"store {store.location} has no models; publish one (e.g. `modeldock demo --store {store.location}`)"
+        )
     configs = [cfg.model(n) for n in names]
     total_workers = sum(m.workers for m in configs)
     apis = []

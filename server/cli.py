@@ -55,7 +55,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     store = ModelStore(args.store)
     rows = [_row(store, s) for name in store.models() for s in store.statuses(name)]
     if not rows:
-        print(f"no models in {store.root}")
+        print(f"no models in {store.location}")
         return 0
     print(_table(rows, ["MODEL", "VERSION", "FORMATS", "METRICS", "AGE", "SIZE", "STATE", "NOTES"]))
     return 0
@@ -66,7 +66,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     name, _, version = args.target.partition(":")
     versions = [version] if version else store.version_folders(name)
     if not versions:
-        raise StoreError(f"model {name!r} has no versions in {store.root}")
+        raise StoreError(f"model {name!r} has no versions in {store.location}")
     failed = 0
     for v in versions:
         report = store.verify(name, v)
@@ -118,7 +118,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         model_factory=args.factory,
         factory_kwargs=kwargs,
     )
-    print(f"published {args.name}:{version} to {store.root}")
+    print(f"published {args.name}:{version} to {store.location}")
     return 0
 
 

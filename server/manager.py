@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from model_store import ModelStore
+from model_store import StoreError
 from model_store.manifest import Manifest
 from model_store.policy import VersionPolicy
+from model_store.s3 import open_store
 
 from .board import Board, WorkerRecord
 from .config import ModelConfig
@@ -28,6 +29,12 @@ from .resources import available_memory
 from .source import Aspired, StoreSource
 
 log = logging.getLogger(__name__)
+
+# A bucket's mirror keeps, per model, the versions the policy prefers up to this many servable
+# ones: the one serving and a fallback that a rollback can swap to without a download.
+MIRROR_KEEP = 2
+# While the store cannot be read, say so at the first failed poll and then at most this often.
+POLL_ERROR_LOG_S = 60.0
 
 
 def memory_problem(folder: Path, manifest: Manifest, fmt: str, device: str) -> str | None:
@@ -67,7 +74,8 @@ class ServableManager:
     ) -> None:
         self.cfg, self.worker, self.board = cfg, worker, board
         self.poll_interval = poll_interval
-        self.store = ModelStore(store_root, trust_pickle=cfg.trust_pickle)
+        # A folder store, or a bucket's store when store_root is its mirror (see model_store.s3).
+        self.store = open_store(store_root, trust_pickle=cfg.trust_pickle, keep=MIRROR_KEEP, policy=cfg.policy)
         self.source = StoreSource(self.store, cfg.name, VersionPolicy.parse(cfg.policy))
         self.loader = Loader(store_root, cfg, self.store.hashes, threads)
         self.current: Servable | None = None
@@ -78,6 +86,9 @@ class ServableManager:
         self._note = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._poll_failures = 0
+        self._poll_failed_since = 0.0
+        self._poll_logged_at = 0.0
         # Metrics hook: called with loaded|rejected|failed and the seconds it took.
         self.on_reload: Callable[[str, float], None] = _ignore
         self.on_swap: Callable[[int], None] = _ignore_version
@@ -86,7 +97,7 @@ class ServableManager:
     def start(self) -> None:
         """Load the aspired version now (the worker is not ready before), then watch."""
         self._publish("loading")
-        self.refresh()
+        self._poll()  # an unreachable store must not stop the worker: the watcher retries
         self.swap_if_ready()
         self._publish()
         self._thread = threading.Thread(target=self._watch, name=f"watch-{self.cfg.name}", daemon=True)
@@ -97,10 +108,41 @@ class ServableManager:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            try:
-                self.refresh()
-            except Exception:  # the watcher must outlive any surprise in the store
-                log.exception("%s: store poll failed; keeping version %s", self.cfg.name, self.version)
+            self._poll()
+
+    def _poll(self) -> None:
+        """One refresh; failures keep the served version and are logged without flooding the log."""
+        try:
+            self.refresh()
+        except Exception as e:  # the watcher must outlive any surprise in the store
+            now = time.monotonic()
+            if not self._poll_failures:
+                self._poll_failed_since = now
+                # Shown in the model's metadata until a poll succeeds (refresh recomputes the note).
+                self._note = f"store poll failing since {time.strftime('%H:%M:%S')}: {e}"
+                self._publish()
+            self._poll_failures += 1
+            if self._poll_failures == 1 or now - self._poll_logged_at >= POLL_ERROR_LOG_S:
+                self._poll_logged_at = now
+                log.error(
+                    "%s: store poll failed (%d in a row over %.0fs; next report in %.0fs); keeping version %s: %s",
+                    self.cfg.name,
+                    self._poll_failures,
+                    now - self._poll_failed_since,
+                    POLL_ERROR_LOG_S,
+                    self.version,
+                    e,
+                    exc_info=not isinstance(e, StoreError),  # a store error's message says it all
+                )
+            return
+        if self._poll_failures:
+            log.warning(
+                "%s: store readable again after %d failed poll(s) over %.1fs",
+                self.cfg.name,
+                self._poll_failures,
+                time.monotonic() - self._poll_failed_since,
+            )
+            self._poll_failures = 0
 
     @property
     def version(self) -> int | None:

@@ -1,7 +1,10 @@
 """Source: watches the store and proposes the version a model should serve (its aspired version).
 
 Stateless apart from the store's own caches: each poll lists the version folders, skips pending
-ones, reports rejected ones with their reason, and applies the version policy to the rest.
+ones, reports rejected ones with their reason, and applies the version policy to the rest. With
+a bucket's store the same poll first syncs the model's mirror (one listing; downloads only what
+changed), so the rules are the folder's; a bucket it cannot reach raises StoreError, and the
+manager keeps what it serves.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model_store import ModelStore, VersionState
+from model_store import ModelStore, StoreError, VersionState
 from model_store.policy import VersionPolicy
 
 
@@ -29,7 +32,7 @@ class StoreSource:
         self.store, self.name, self.policy = store, name, policy
 
     def poll(self) -> Aspired:
-        statuses = self.store.statuses(self.name)
+        statuses = self.store.statuses(self.name)  # a bucket's store syncs its mirror here
         servable = {
             s.version: s.manifest.metrics
             for s in statuses
@@ -54,7 +57,7 @@ def log_new_models(store: ModelStore, served: set[str], interval: float, log: Ca
         time.sleep(interval)
         try:
             names = set(store.models())
-        except OSError:
+        except (OSError, StoreError):  # an unreachable bucket: the managers report it
             continue
         for name in sorted(names - seen):
             log(f"model {name!r} appeared in the store; it will be served after a restart")
