@@ -21,9 +21,11 @@ from .batching import Outcome, Work
 from .config import ModelConfig
 from .metrics import metrics
 from .protocol import HEADER_LENGTH, ProtocolError, decode_infer, encode_infer, error_body
-from .transport import await_response
+from .transport import WorkerLost, await_response
 
 JSON = {"content-type": "application/json"}
+# Request ids: unique within this HTTP process (which owns the answers), across all its models.
+_UIDS = itertools.count()
 VERSION_HEADER = "x-model-version"  # the body says it too; the header serves proxies and logs
 
 
@@ -68,7 +70,6 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
         # The queue limit is per model; each HTTP process enforces its share without IPC.
         self.queue_limit = max(1, cfg.queue_limit() // api_servers)
         self.inflight = 0
-        self._uids = itertools.count()  # unique within this HTTP process, which owns its answers
         # Every element takes at least one byte of body, so a shape with more elements than the
         # body limit is absurd whatever its data: refused before anything is allocated.
         self.max_elements = max(1, cfg.max_request_bytes)
@@ -128,13 +129,15 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _submit(self, work: Work) -> Outcome:
-        uid = next(self._uids)
-        waiting = await_response(self.response_buffer, uid, self.cfg.inference_timeout_s)
+        uid = next(_UIDS)
+        waiting = await_response(self.response_buffer, uid, self.cfg.inference_timeout_s, self.cfg.name)
         self.request_queue.put((self.response_queue_id, uid, time.monotonic(), work))
         try:
             response, status = await waiting()
         except TimeoutError:
             return Outcome(504, error=f"inference took longer than {self.cfg.inference_timeout_s:g}s")
+        except WorkerLost:
+            return Outcome(503, error="the worker holding this request stopped and was restarted; retry")
         if status != LitAPIStatus.OK or not isinstance(response, Outcome):
             return Outcome(500, error="the worker serving this model failed; it is being restarted")
         return response

@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from queue import Empty
@@ -160,11 +161,13 @@ class PipeTransport(MessageTransport):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         if not self._reading:
             self._reading = True
-            for reader in self._readers[consumer_id]:
-                loop.add_reader(reader.fileno(), self._drain, reader)
+            workers = Counter(model for model, _ in self._slots)
+            for (model, _), i in self._slots.items():
+                reader = self._readers[consumer_id][i]
+                loop.add_reader(reader.fileno(), self._drain, reader, model, workers[model] == 1)
         await loop.create_future()
 
-    def _drain(self, reader: Connection) -> None:
+    def _drain(self, reader: Connection, model: str, in_order: bool) -> None:
         try:
             while reader.poll():
                 batch = reader.recv()
@@ -172,6 +175,8 @@ class PipeTransport(MessageTransport):  # type: ignore[misc]
                     future = self.waiters.pop(uid, None)
                     if future is not None and not future.done():
                         future.set_result((response, status))
+                if batch and in_order:
+                    _fail_older(self.waiters, model, batch[-1][0])
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(reader.fileno())
 
@@ -179,11 +184,31 @@ class PipeTransport(MessageTransport):  # type: ignore[misc]
         """Nothing to flush: HTTP processes stop reading when they stop."""
 
 
-def await_response(waiters: dict[Any, Any], uid: Any, timeout: float) -> Callable[[], Any]:
+class WorkerLost(Exception):
+    """The worker that took this request died before answering it."""
+
+
+# Per model, this HTTP process's unanswered requests in submission order (process-local).
+_IN_ORDER: dict[str, deque[tuple[int, asyncio.Future[Any]]]] = {}
+
+
+def _fail_older(waiters: dict[Any, Any], model: str, answered: int) -> None:
+    """A model's only worker answers in submission order: an answer to `answered` means every
+    older request still waiting was taken by a worker that died (LitServe restarted it)."""
+    order = _IN_ORDER.get(model)
+    while order and order[0][0] <= answered:
+        uid, future = order.popleft()
+        if uid < answered and not future.done():
+            waiters.pop(uid, None)
+            future.set_exception(WorkerLost())
+
+
+def await_response(waiters: dict[Any, Any], uid: int, timeout: float, model: str) -> Callable[[], Any]:
     """Register a future for `uid`; returns a coroutine factory that waits up to `timeout`."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     waiters[uid] = future
+    _IN_ORDER.setdefault(model, deque()).append((uid, future))
 
     async def wait_for() -> Any:
         handle = loop.call_later(timeout, _expire, waiters, uid, future)

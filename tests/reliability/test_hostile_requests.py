@@ -3,6 +3,7 @@ problem, answered quickly, and the server keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -17,8 +18,15 @@ LYING = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","parameters
 
 
 def raw(server: ServerProcess, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send while reading: a server may answer (413) and close before a large body is sent."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
-        s.sendall(request)
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                s.sendall(request)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
         data = b""
         while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
             chunk = s.recv(65536)
