@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 
 from model_store import ModelStore
@@ -270,3 +271,14 @@ def test_start_up_errors_exit_nonzero_with_a_message(tmp_path: Path, start_serve
     srv = start_server(tmp_path / "empty", config={"models": {"m": {"policy": "newest"}}})
     assert srv.proc.wait(timeout=60) == 2
     assert "version policy 'newest'" in srv.log_path.read_text()
+
+
+def test_any_loopback_address_can_be_the_listen_address(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    store = ModelStore(tmp_path / "models")
+    publish_tiny(store)
+    srv = start_server(store.root, env={"MODELDOCK_HOST": "127.0.0.2"})  # LitServe itself takes 3 hosts only
+    srv.url = f"http://127.0.0.2:{srv.port}"
+    srv.wait_until("/v2/health/ready")
+    assert srv.post("/v2/models/tiny/infer", infer_body(ROWS)).status_code == 200
+    with pytest.raises(requests.ConnectionError):  # bound to that address, not the wildcard
+        requests.get(f"http://127.0.0.1:{srv.port}/v2/health/live", timeout=5)
