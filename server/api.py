@@ -6,6 +6,7 @@ servable. The HTTP side of the same model is its spec (`spec.py`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -90,16 +91,22 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
         servable = manager.current if manager else None
         why_not = "" if servable else (manager.unavailable_reason() if manager else "its worker failed to start")
         now = self._busy_since = time.monotonic()
-        m, name = metrics(), self.cfg.name
+        queue_wait, batch_size, inference = self._batch_metrics()
         for t in enqueued_at:
-            m.queue_wait.labels(name).observe(now - t)
+            queue_wait.observe(now - t)
         try:
-            outcomes = run_batch(servable, name, works, self.cfg.max_batch_size, why_not)
+            outcomes = run_batch(servable, self.cfg.name, works, self.cfg.max_batch_size, why_not)
         finally:
             self._busy_since = 0.0
-        m.batch_size.labels(name).observe(sum(w.request.rows for w in works))
-        m.inference.labels(name).observe(time.monotonic() - now)
+        batch_size.observe(sum(w.request.rows for w in works))
+        inference.observe(time.monotonic() - now)
         return outcomes
+
+    @functools.cache  # noqa: B019 (one LitAPI per worker process, alive as long as it)
+    def _batch_metrics(self) -> tuple[Any, Any, Any]:
+        """This model's metric children, looked up once: label lookups cost more than updates."""
+        m, name = metrics(), self.cfg.name
+        return m.queue_wait.labels(name), m.batch_size.labels(name), m.inference.labels(name)
 
     def _watchdog(self) -> None:
         """A predict that hangs past the timeout takes the worker with it; LitServe restarts it."""

@@ -70,6 +70,8 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
         # The queue limit is per model; each HTTP process enforces its share without IPC.
         self.queue_limit = max(1, cfg.queue_limit() // api_servers)
         self.inflight = 0
+        self._counters: dict[tuple[str, int], Any] = {}  # this process's metric children
+        self._latency: Any = None
         # Every element takes at least one byte of body, so a shape with more elements than the
         # body limit is absurd whatever its data: refused before anything is allocated.
         self.max_elements = max(1, cfg.max_request_bytes)
@@ -87,9 +89,13 @@ class V2InferSpec(LitSpec):  # type: ignore[misc]
     async def reply(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], version: str | None) -> Reply:
         started = time.perf_counter()
         reply = await self._reply(chunks, headers, version)
-        m = metrics()
-        m.requests.labels(self.cfg.name, reply.version, str(reply.status)).inc()
-        m.latency.labels(self.cfg.name).observe(time.perf_counter() - started)
+        key = (reply.version, reply.status)
+        counter = self._counters.get(key)
+        if counter is None:  # label lookups cost more than the increment: keep the children
+            counter = self._counters[key] = metrics().requests.labels(self.cfg.name, reply.version, str(reply.status))
+            self._latency = self._latency or metrics().latency.labels(self.cfg.name)
+        counter.inc()
+        self._latency.observe(time.perf_counter() - started)
         return reply
 
     async def _reply(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], version: str | None) -> Reply:
