@@ -6,7 +6,6 @@ from .errors import (
     ManifestError,
     StoreError,
     UntrustedPickle,
-    VerificationFailed,
 )
 from .manifest import Manifest
 from .policy import VersionPolicy
@@ -24,7 +23,6 @@ __all__ = [
     "S3ModelStore",
     "StoreError",
     "UntrustedPickle",
-    "VerificationFailed",
     "VerifyReport",
     "VersionPolicy",
     "VersionState",

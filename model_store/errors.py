@@ -17,7 +17,3 @@ class ExportMismatch(StoreError):
 
 class UntrustedPickle(StoreError):
     """A full-model pickle was asked for without ``trust_pickle=True``."""
-
-
-class VerificationFailed(StoreError):
-    """A version failed its checks (checksums, signature, golden outputs)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class Servable:
     device: str
     why: str
     load_seconds: float
-    loaded_at: float = field(default_factory=time.time)
 
     def predict(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> Tensors:
         return self.runtime.predict(inputs)

@@ -84,7 +84,6 @@ class ServableManager:
         self._logged_rejections: set[tuple[int, str]] = set()
         self._last: Aspired = Aspired(None)
         self._note = ""
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_failures = 0
         self._poll_failed_since = 0.0
@@ -103,11 +102,9 @@ class ServableManager:
         self._thread = threading.Thread(target=self._watch, name=f"watch-{self.cfg.name}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+        while True:  # a daemon thread: it ends with its worker process
+            time.sleep(self.poll_interval)
             self._poll()
 
     def _poll(self) -> None:

@@ -73,8 +73,6 @@ class RequestChannel:
         if not self._waiting_writable:
             self._flush()  # at once: a later loop iteration would add latency at low load
 
-    put_nowait = put
-
     def _flush(self) -> None:
         try:
             sent = os.write(self._fd, self._out)
@@ -84,13 +82,10 @@ class RequestChannel:
         loop = asyncio.get_running_loop()
         if self._out and not self._waiting_writable:
             self._waiting_writable = True
-            loop.add_writer(self._fd, self._writable)
+            loop.add_writer(self._fd, self._flush)
         elif not self._out and self._waiting_writable:
             self._waiting_writable = False
             loop.remove_writer(self._fd)
-
-    def _writable(self) -> None:
-        self._flush()
 
     # ---- consumer side: a worker ----------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -124,9 +119,6 @@ class RequestChannel:
                 if conn.poll(0):
                     return conn.recv()
         return _NOTHING
-
-    def get_nowait(self) -> Any:
-        return self.get(block=False)
 
 
 class PipeTransport(MessageTransport):  # type: ignore[misc]
