@@ -5,6 +5,11 @@
 #
 # The CUDA variant differs only in the torch wheel: CUDA wheels carry their own CUDA libraries,
 # and the node's driver comes in through the NVIDIA container runtime.
+#
+# Offline builds: put wheels of torch, the project's dependencies and setuptools in build/wheels/
+# (e.g. `pip wheel -w build/wheels torch==2.13.0 . setuptools`) and pass
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/context/build/wheels
+# PYTHON_IMAGE may be any Debian-like image with python3 and its venv module (3.10 or later).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -13,23 +18,29 @@ FROM ${PYTHON_IMAGE} AS build
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Unset (the default): torch from TORCH_INDEX, the rest from PyPI. pip reads both from the
+# environment; the build context is mounted at /context for a folder of wheels in it.
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 
 # pip compiles bytecode at install time, so the read-only runtime never needs to write any.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # torch first, from its own index, so that the project's `torch>=2.4` is already satisfied and
 # pip never resolves a different (multi-GB) build from PyPI.
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+RUN --mount=type=bind,target=/context \
+    pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model_store/ model_store/
 COPY server/ server/
-RUN pip install --no-cache-dir . \
+RUN --mount=type=bind,target=/context \
+    pip install --no-cache-dir . \
     && python -I -c "import torch, server.cli; print('torch', torch.__version__)"
 
 # ---- runtime: the environment only, no compilers, no sources --------------------------------
@@ -57,7 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # or set MODELDOCK_CONFIG to use it.
 WORKDIR /var/cache/modeldock
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 
 # Healthy once every model has a validated version (503 while loading or draining).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

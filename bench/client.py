@@ -1,9 +1,11 @@
 """A cheap closed-loop HTTP load generator (aiohttp on uvloop), run as its own process.
 
-    python -m bench.client URL BODY_FILE --concurrency 32 --requests 2000 --max-seconds 10 [--header K:V]
+    python -m bench.client URL BODY_FILE --concurrency 32 --requests 2000 --max-seconds 10 [--header K:V] [--versions]
 
 Prints one JSON object: requests, errors, seconds, throughput, p50/p99 latency (ms) and this
-client's own CPU seconds, so its cost can be told apart from the server's. Loopback only.
+client's own CPU seconds, so its cost can be told apart from the server's. With --versions, also
+which `model_version` answered: count, first and last completion (seconds into the run) per
+version. Loopback only.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import resource
 import time
 from urllib.parse import urlparse
 
 import aiohttp
 import uvloop
+
+_VERSION = re.compile(rb'"model_version"\s*:\s*"([^"]*)"')
 
 
 def _cpu() -> float:
@@ -25,11 +30,12 @@ def _cpu() -> float:
 
 
 async def run(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int, max_s: float
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int, max_s: float, versions: bool = False
 ) -> dict[str, object]:
     if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("the benchmark client only targets loopback addresses")
     latencies: list[float] = []
+    seen: dict[str, list[float]] = {}  # version -> [count, first, last]
     errors = 0
     issued = 0
     deadline = time.monotonic() + max_s
@@ -43,16 +49,22 @@ async def run(
                 t = time.perf_counter()
                 try:
                     async with session.post(url, data=body, headers=headers) as r:
-                        await r.read()
+                        answer = await r.read()
                         ok = r.status == 200
                 except aiohttp.ClientError:
                     ok = False
                 if ok:
-                    latencies.append(time.perf_counter() - t)
+                    done = time.perf_counter()
+                    latencies.append(done - t)
+                    if versions:
+                        m = _VERSION.search(answer, 0, 4096)
+                        v = seen.setdefault(m.group(1).decode() if m else "?", [0, done - t0, 0.0])
+                        v[0] += 1
+                        v[2] = done - t0
                 else:
                     errors += 1
 
-        cpu0, t0 = _cpu(), time.perf_counter()
+        cpu0, t0 = _cpu(), time.perf_counter()  # t0 is read by the clients, set before they start
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
     latencies.sort()
@@ -61,7 +73,7 @@ async def run(
     def pct(p: float) -> float:
         return 1000 * latencies[min(n - 1, int(p * n))] if n else float("nan")
 
-    return {
+    result: dict[str, object] = {
         "requests": n,
         "errors": errors,
         "seconds": seconds,
@@ -70,6 +82,9 @@ async def run(
         "p99_ms": pct(0.99),
         "client_cpu_s": cpu,
     }
+    if versions:
+        result["versions"] = {k: {"count": int(c), "first_s": f, "last_s": last} for k, (c, f, last) in seen.items()}
+    return result
 
 
 def main() -> None:
@@ -80,11 +95,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--max-seconds", type=float, default=10.0)
     ap.add_argument("--header", action="append", default=[])
+    ap.add_argument("--versions", action="store_true", help="record which model_version answered")
     args = ap.parse_args()
     with open(args.body_file, "rb") as f:
         body = f.read()
     headers = dict(h.split(":", 1) for h in args.header)
-    result = uvloop.run(run(args.url, body, headers, args.concurrency, args.requests, args.max_seconds))
+    result = uvloop.run(run(args.url, body, headers, args.concurrency, args.requests, args.max_seconds, args.versions))
     print(json.dumps(result))
 
 

@@ -1,42 +1,16 @@
-"""p99 while versions swap under load, against steady state on the same server."""
+"""p99 while versions swap under load, against steady state on the same server; swaps are counted
+from the `model_version` each response carries, not from the versions written."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import json_body
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _client(port: int, model: str, body_file: Path, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.client",
-            f"http://127.0.0.1:{port}/v2/models/{model}/infer",
-            str(body_file),
-            "--concurrency",
-            "32",
-            "--requests",
-            "1000000",
-            "--max-seconds",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+from bench.common import json_body, run_client
 
 
 def land_copy(store: Path, model: str) -> int:
@@ -52,25 +26,43 @@ def land_copy(store: Path, model: str) -> int:
     return n
 
 
-def swap_under_load(port: int, store: Path, model: str, shape: tuple[int, ...], seconds: float = 6.0) -> dict[str, Any]:
-    """Steady run, then a run during which a new version lands every second (copies of v1)."""
-    body_file = store.parent / "swap-body.json"
-    body_file.write_bytes(json_body(shape))
-    steady = _client(port, model, body_file, seconds)
+def swap_under_load(
+    port: int,
+    store: Path,
+    model: str,
+    shape: tuple[int, ...],
+    work: Path,
+    poll_interval: float,
+    steady_s: float = 6.0,
+    swap_s: float = 14.0,
+) -> dict[str, Any]:
+    """A steady run at C=32, then one during which a new version lands every poll interval + 1 s
+    (so that the server can pick up each), the last one early enough to be seen."""
+    body = json_body(shape)
+    steady = run_client(port, model, body, [], 32, 10**9, steady_s, work, versions=True)
+    every = poll_interval + 1.0
     stop, landed = threading.Event(), []
 
     def publisher() -> None:
-        while not stop.wait(1.0):
+        started = time.monotonic()
+        while not stop.wait(every) and time.monotonic() - started + every < swap_s:
             landed.append(land_copy(store, model))
 
     t = threading.Thread(target=publisher)
     t.start()
-    time.sleep(0.2)
-    during = _client(port, model, body_file, seconds)
-    stop.set()
-    t.join()
+    try:
+        during = run_client(port, model, body, [], 32, 10**9, swap_s, work, versions=True)
+    finally:
+        stop.set()
+        t.join()
+    answered = sorted(during["versions"].items(), key=lambda kv: kv[1]["first_s"])
+    first = answered[0][0] if answered else "?"
     return {
-        "swaps": len(landed),
+        "landed": landed,
+        "answered": {v: s["count"] for v, s in answered},
+        "swaps_seen": sum(1 for v, _ in answered if v != first),
+        "landed_not_seen": [n for n in landed if str(n) not in during["versions"]],
+        "landing_every_s": every,
         "errors": during["errors"] + steady["errors"],
         "p99_steady_ms": steady["p99_ms"],
         "p99_swap_ms": during["p99_ms"],

@@ -1,8 +1,11 @@
 """The demo: a small ConvNet on scikit-learn's bundled 8x8 digits, trained with the seed's
-Trainer pattern (train/validation split, CheckpointManager, best model) and published twice."""
+Trainer pattern (train/validation split, CheckpointManager, best model) and published twice,
+each version with its labels file (`labels.json`) for the demo's handler
+(`server.handlers.digits:DigitsHandler`)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .checkpoint import CheckpointManager
+from .manifest import Manifest
+from .runtimes import load_state_dict
 from .store import ModelStore
+from .verify import load_examples
 
 NAME = "digits"
+LABELS = [str(d) for d in range(10)]  # output i is the digit i
+LABELS_FILE = "labels.json"
 
 
 class ConvNet(nn.Module):
@@ -127,6 +135,7 @@ def run_demo(store_root: str | Path, epochs: int = 12, early_epoch: int = 1, see
             factory_kwargs={"num_classes": 10},
             description="ConvNet on scikit-learn's 8x8 digits (demo)",
             training={"epoch": epoch, "optimizer": "Adam"},
+            data_files={LABELS_FILE: json.dumps(LABELS).encode()},
         )
         published.append(version)
 
@@ -146,3 +155,35 @@ def run_demo(store_root: str | Path, epochs: int = 12, early_epoch: int = 1, see
     publish(best["metrics"], best["epoch"])
     print(f"published {NAME} versions {published} in {time.perf_counter() - t0:.1f}s")
     return published
+
+
+def add_labels(store_root: str | Path) -> int | None:
+    """Republish the newest valid digits version with `labels.json` when it lacks it (a store
+    made by a release before data files); returns the new version, or None when nothing was due.
+
+    Same weights, metrics and examples, no training: the handler can serve the store at once.
+    """
+    store = ModelStore(store_root)
+    versions = store.versions(NAME)
+    if not versions:
+        return None
+    folder = store.path(NAME, versions[-1])
+    manifest = Manifest.load(folder)
+    state = manifest.artifact("state_dict")
+    if manifest.data_file(LABELS_FILE) is not None or state is None or manifest.model_factory is None:
+        return None
+    model = ConvNet(**manifest.model_factory.kwargs)
+    model.load_state_dict(load_state_dict(folder / state.path))
+    inputs, _ = load_examples(folder / manifest.examples.path)
+    return store.publish(
+        NAME,
+        model.eval(),
+        example_inputs=tuple(torch.from_numpy(a) for a in inputs.values()),
+        formats=tuple(a.format for a in manifest.artifacts),
+        metrics=manifest.metrics,
+        model_factory=ConvNet,
+        factory_kwargs=manifest.model_factory.kwargs,
+        description=manifest.description,
+        training={**(manifest.training or {}), "republished_from": manifest.version},
+        data_files={LABELS_FILE: json.dumps(LABELS).encode()},
+    )

@@ -17,3 +17,7 @@ class ExportMismatch(StoreError):
 
 class UntrustedPickle(StoreError):
     """A full-model pickle was asked for without ``trust_pickle=True``."""
+
+
+class NewerManifest(ManifestError):
+    """A manifest of a newer schema than this code reads: rejected, never misread as pending."""

@@ -2,6 +2,10 @@
 
 The format is documented in docs/store-format.md; `manifest.schema.json` beside this module is
 its JSON Schema. Parsing here checks the same rules by hand so the library needs no validator.
+
+`schema_version` rule: a manifest says the lowest schema that describes it (1 without data files,
+so every release reads it; 2 with them). This code reads 1 to SCHEMA_VERSION and refuses a newer
+one with `NewerManifest` rather than guess at fields it does not know.
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, NewerManifest
 from .signature import Signature
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest schema this code reads and writes
+DATA_FILES_SCHEMA = 2  # the first schema with `data_files`
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "torchscript", "state_dict", "pickle")
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A data file is one plain file of the version folder: no subfolders, no hidden names (the S3
+# mirror keeps its own records as dot-files there).
+DATA_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,11 @@ class Examples(FileEntry):
 
 
 @dataclass(frozen=True)
+class DataFile(FileEntry):
+    """A plain data file a handler may read (labels, vocabulary): checksummed, never executed."""
+
+
+@dataclass(frozen=True)
 class ModelFactory:
     """`module:callable` and JSON keyword arguments that rebuild the model for a state_dict."""
 
@@ -85,15 +98,25 @@ class Manifest:
     training: dict[str, Any] | None = None
     description: str | None = None
     tags: tuple[str, ...] = ()
-    schema_version: int = SCHEMA_VERSION
+    data_files: tuple[DataFile, ...] = ()
+
+    @property
+    def schema_version(self) -> int:
+        """The lowest schema that describes this manifest, so older releases read what they can."""
+        return DATA_FILES_SCHEMA if self.data_files else 1
 
     @property
     def files(self) -> tuple[FileEntry, ...]:
-        """Every file the version consists of: the artifacts and the examples."""
-        return (*self.artifacts, self.examples)
+        """Every file the version consists of: artifacts, examples and data files. Each is
+        checksummed, mirrored and waited for (pending) alike."""
+        return (*self.artifacts, self.examples, *self.data_files)
 
     def artifact(self, fmt: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.format == fmt), None)
+
+    def data_file(self, name: str) -> DataFile | None:
+        """The data file listed under `name`, or None when this version has none by that name."""
+        return next((f for f in self.data_files if f.path == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -114,6 +137,8 @@ class Manifest:
                 d[key] = getattr(self, key)
         if self.tags:
             d["tags"] = list(self.tags)
+        if self.data_files:
+            d["data_files"] = [f.to_dict() for f in self.data_files]
         return d
 
     def dump(self, folder: Path) -> Path:
@@ -134,6 +159,8 @@ class Manifest:
             raise ManifestError(f"{path}: unreadable manifest: {e}") from None
         try:
             return cls.from_dict(raw)
+        except NewerManifest as e:
+            raise NewerManifest(f"{path}: {e}") from None
         except (ValueError, TypeError, KeyError) as e:
             raise ManifestError(f"{path}: {e}") from None
 
@@ -141,21 +168,27 @@ class Manifest:
     def from_dict(cls, d: Any) -> Manifest:
         if not isinstance(d, dict):
             raise ValueError("manifest must be a JSON object")
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version {d.get('schema_version')!r} is not supported (this modeldock reads {SCHEMA_VERSION})"
-            )
+        schema = _schema_version(d.get("schema_version"))
         artifacts = tuple(_artifact(a) for a in _list(d, "artifacts"))
         if not artifacts:
             raise ValueError("'artifacts' is empty")
+        data_files = tuple(_data_file(f) for f in (_list(d, "data_files") if "data_files" in d else ()))
+        if data_files and schema < DATA_FILES_SCHEMA:
+            # An older release would read this manifest and skip the files' checksums.
+            raise ValueError(f"'data_files' needs schema_version {DATA_FILES_SCHEMA}, the manifest says {schema}")
         factory = d.get("model_factory")
+        examples = _examples(_dict(d, "examples"))
+        paths = [f.path for f in (*artifacts, examples, *data_files)]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise ValueError(f"file {twice[0]!r} is listed twice")
         return cls(
             name=_str(d, "name"),
             version=_int(d, "version"),
             created_at=_str(d, "created_at"),
             artifacts=artifacts,
             signature=Signature.from_dict(_dict(d, "signature")),
-            examples=_examples(_dict(d, "examples")),
+            examples=examples,
             metrics={str(k): _number(v, f"metric {k!r}") for k, v in _dict(d, "metrics").items()},
             model_factory=None if factory is None else _factory(factory),
             framework=dict(d.get("framework") or {}),
@@ -163,7 +196,19 @@ class Manifest:
             training=d.get("training"),
             description=d.get("description"),
             tags=tuple(str(t) for t in d.get("tags") or ()),
+            data_files=data_files,
         )
+
+
+def _schema_version(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"schema_version {v!r} is not a positive integer")
+    if v > SCHEMA_VERSION:
+        raise NewerManifest(
+            f"schema_version {v} is newer than this modeldock understands (it reads 1 to {SCHEMA_VERSION}): "
+            "upgrade modeldock to serve this version"
+        )
+    return v
 
 
 def _str(d: Mapping[str, Any], key: str) -> str:
@@ -225,6 +270,17 @@ def _examples(d: Mapping[str, Any]) -> Examples:
         atol=_number(d.get("atol", 1e-4), "examples.atol"),
         rtol=_number(d.get("rtol", 1e-3), "examples.rtol"),
     )
+
+
+def _data_file(d: Any) -> DataFile:
+    if not isinstance(d, dict):
+        raise ValueError("each data file must be an object")
+    path, sha, size = _file_fields(d)
+    if not DATA_FILE_NAME.match(path):
+        raise ValueError(
+            f"data file {path!r} must be a plain file name: letters, digits, '_', '.' or '-', not starting with '.'"
+        )
+    return DataFile(path, sha, size)
 
 
 def _factory(d: Any) -> ModelFactory:

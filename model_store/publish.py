@@ -8,7 +8,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import importlib.metadata
-from collections.abc import Callable
+import os
+import shutil
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,15 @@ import torch
 
 from . import formats as _formats
 from .errors import ExportMismatch, StoreError
-from .manifest import FORMATS, Artifact, Examples, Manifest, ModelFactory
+from .manifest import DATA_FILE_NAME, FORMATS, MANIFEST_NAME, Artifact, DataFile, Examples, Manifest, ModelFactory
 from .runtimes import Tensors, load_runtime, resolve_factory
 from .signature import Signature, names_for
 from .verify import HashCache, golden_problem, max_error, save_examples
 
 EXAMPLES_NAME = "examples.npz"
+# A data file's content, or a file to copy it from.
+DataSource = bytes | bytearray | memoryview | str | os.PathLike[str]
+_RESERVED = {EXAMPLES_NAME, MANIFEST_NAME, *_formats.FILENAMES.values()}
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Plan:
     rtol: float = 1e-3
     trust_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    data_files: dict[str, bytes | Path] = field(default_factory=dict)
 
 
 def _factory(
@@ -75,6 +82,36 @@ def check_formats(formats: tuple[str, ...], trust_pickle: bool) -> tuple[str, ..
     return formats
 
 
+def check_data_files(data_files: Mapping[str, DataSource] | None) -> dict[str, bytes | Path]:
+    """Names checked and sources resolved before anything is exported: bytes, or a regular file."""
+    if data_files is None:
+        return {}
+    if not isinstance(data_files, Mapping):
+        raise StoreError(f"data_files must map file names to bytes or paths, got {type(data_files).__name__}")
+    checked: dict[str, bytes | Path] = {}
+    for name, source in data_files.items():
+        if not isinstance(name, str) or not DATA_FILE_NAME.match(name) or name in (".", ".."):
+            raise StoreError(
+                f"data file name {name!r} must be a plain file name: letters, digits, '_', '.' or '-', not starting with '.'"
+            )
+        if name in _RESERVED:
+            raise StoreError(f"data file name {name!r} is taken by the version's own files {sorted(_RESERVED)}")
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            checked[name] = bytes(source)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError as e:
+                raise StoreError(f"data file {name!r}: cannot read {path}: {e.strerror}") from None
+            if not regular:
+                raise StoreError(f"data file {name!r}: {path} is not a regular file")
+            checked[name] = path
+        else:
+            raise StoreError(f"data file {name!r}: expected bytes or a path, got {type(source).__name__}")
+    return checked
+
+
 def plan(
     model: torch.nn.Module,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -82,6 +119,7 @@ def plan(
     model_factory: str | Callable[..., torch.nn.Module] | None,
     factory_kwargs: dict[str, Any] | None,
     *,
+    data_files: Mapping[str, DataSource] | None = None,
     metrics: dict[str, float] | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
@@ -97,6 +135,7 @@ def plan(
     if not isinstance(model, torch.nn.Module):
         raise StoreError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     formats = check_formats(formats, trust_pickle)
+    data = check_data_files(data_files)
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
         raise StoreError("example_inputs must be a tensor or a tuple of tensors")
@@ -126,6 +165,7 @@ def plan(
         rtol=rtol,
         trust_pickle=trust_pickle,
         extra={"description": description, "tags": tuple(tags), "training": training},
+        data_files=data,
     )
 
 
@@ -179,6 +219,14 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
         artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt))
     examples_path = staging / EXAMPLES_NAME
     save_examples(examples_path, plan.inputs, plan.golden)
+    data_files = []
+    for data_name, source in plan.data_files.items():
+        target = staging / data_name
+        if isinstance(source, Path):
+            shutil.copyfile(source, target)
+        else:
+            target.write_bytes(source)
+        data_files.append(DataFile(data_name, hashes.sha256(target), target.stat().st_size))
     return Manifest(
         name=name,
         version=version,
@@ -199,4 +247,5 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
         training=plan.extra["training"],
         description=plan.extra["description"],
         tags=plan.extra["tags"],
+        data_files=tuple(data_files),
     )

@@ -4,8 +4,9 @@ A version is *pending* while its manifest is missing or unparsable or a listed f
 or of the wrong size (a copy in progress); *rejected* when complete but failing a check (the
 reason is kept until the manifest or a listed file changes); otherwise *valid*.
 
-`ModelStore("s3://bucket/prefix")` is a store on object storage (`model_store.s3`): it mirrors
-the bucket into a local folder and applies these same rules to the mirror.
+A root that is a URL (`s3://bucket/prefix`) makes the store class registered for its scheme
+(`model_store.s3` registers `s3`: it mirrors the bucket into a local folder and applies these
+same rules to the mirror). This module imports no store module: they import it and register.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,14 @@ from typing import Any
 import torch
 
 from . import publish as _publish
-from .errors import StoreError
+from .errors import NewerManifest, StoreError
 from .manifest import MANIFEST_NAME, Manifest
 from .policy import VersionPolicy
 from .verify import HashCache, VerifyReport, verify_version
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 STAGING_PREFIX = ".staging-"
-S3_SCHEME = "s3://"
 
 
 class VersionState(enum.Enum):
@@ -72,6 +73,14 @@ def check_version(version: int | str) -> int:
     return int(text)
 
 
+_SCHEMES: dict[str, type[ModelStore]] = {}  # URL scheme -> the store class for such roots
+
+
+def register_scheme(scheme: str, store_class: type[ModelStore]) -> None:
+    """Make `ModelStore("<scheme>://…")` build `store_class` (a store module calls this on import)."""
+    _SCHEMES[scheme.lower()] = store_class
+
+
 class ModelStore:
     """A folder of models and their numbered versions; the unit a training script publishes to.
 
@@ -80,11 +89,14 @@ class ModelStore:
     """
 
     def __new__(cls, root: str | os.PathLike[str] = "models", **kwargs: Any) -> ModelStore:
-        if cls is ModelStore and isinstance(root, str) and root.startswith(S3_SCHEME):
-            from .s3 import S3ModelStore  # boto3 is imported only by stores that need it
-
-            return super().__new__(S3ModelStore)
-        return super().__new__(cls)
+        url = _URL.match(root) if cls is ModelStore and isinstance(root, str) else None
+        if url is None:
+            return super().__new__(cls)
+        scheme = url["scheme"].lower()
+        if scheme not in _SCHEMES:
+            known = ", ".join(f"{s}://" for s in sorted(_SCHEMES)) or "none"
+            raise StoreError(f"store {root!r}: no store handles {scheme}:// URLs (known: {known})")
+        return super().__new__(_SCHEMES[scheme])
 
     def __init__(
         self,
@@ -149,6 +161,9 @@ class ModelStore:
         folder = self.path(name, version)
         try:
             manifest = Manifest.load(folder)
+        except NewerManifest as e:
+            # Complete as far as this code can tell, and never servable by it: say so.
+            return VersionStatus(name, version, VersionState.REJECTED, str(e))
         except StoreError as e:
             return VersionStatus(name, version, VersionState.PENDING, str(e))
         fingerprint = _fingerprint(folder, manifest)
@@ -175,7 +190,10 @@ class ModelStore:
     def verify(self, name: str, version: int | str) -> VerifyReport:
         """Checksums, signature and golden outputs of every artifact, checked now."""
         folder = self._existing(name, version)
-        manifest = Manifest.load(folder)
+        try:
+            manifest = Manifest.load(folder)
+        except NewerManifest as e:
+            return VerifyReport(name, int(version), problems=[str(e)])
         status = self._examine(folder, manifest)
         if status.report is not None:
             return status.report
@@ -197,10 +215,13 @@ class ModelStore:
         formats: tuple[str, ...] = ("onnx", "torchscript", "state_dict"),
         model_factory: str | Callable[..., torch.nn.Module] | None = None,
         factory_kwargs: dict[str, Any] | None = None,
+        data_files: Mapping[str, _publish.DataSource] | None = None,
         **options: Any,
     ) -> int:
         """Export, check and atomically land a new version; returns its number.
 
+        `data_files` maps a plain file name to its content (bytes) or a file to copy (a path):
+        data a handler reads (`{"labels.json": b'["cat", "dog"]'}`), checksummed like artifacts.
         Options: input_names, output_names, opset, torchscript_method ('trace'|'script'),
         atol, rtol, description, tags, training, trust_pickle. Refuses to land a version whose
         exports do not reproduce the eager model's outputs on `example_inputs`.
@@ -212,6 +233,7 @@ class ModelStore:
             formats,
             model_factory,
             factory_kwargs,
+            data_files=data_files,
             metrics=metrics,
             trust_pickle=options.pop("trust_pickle", self.trust_pickle),
             **options,

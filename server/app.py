@@ -1,152 +1,187 @@
-"""Assembles the server: LitServer subclass, models, routes, signals; `modeldock serve`."""
+"""The supervisor: builds the server from its config, decides versions, runs it; `modeldock serve`.
+
+The main process opens the store, makes the channels between processes, runs one decision point
+per model (`control`), and hands LitServe (through its adapter) the workers' plans and the edge.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
-import signal
-import socket
+import os
 import sys
 import threading
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import litserve as ls
-import uvicorn.server
+from typing import Any, Protocol
 
 from model_store import ModelStore, StoreError
-from model_store.s3 import S3ModelStore
 
-from .api import ModelAPI
-from .board import Board
-from .config import ConfigError, ServerConfig, from_args
-from .drain import Drain, stop_process
-from .edge import Edge, install_edge
-from .loader import default_threads
-from .metrics import setup_multiprocess
-from .routes import Routes
-from .source import log_new_models
-from .transport import PipeTransport, RequestChannel
+from .config import ConfigError, ModelConfig, ServerConfig, from_args
+from .control.assembly import ControlFactory, open_store
+from .control.config_reload import ConfigReload
+from .control.models import ControlLoop, ModelControl
+from .control.registry import POOL, Registry, allow_rule
+from .control.source import log_new_models
+from .grpc.sidecar import GrpcSidecar, GrpcStartError
+from .handlers import HandlerNotFound, load_handler
+from .http import extensions
+from .http.admin import AdminRoutes
+from .http.directory import ModelDirectory
+from .http.edge import Edge
+from .http.infer import InferHandler
+from .http.routes import Routes
+from .ipc.board import Board
+from .ipc.channels import RequestChannel, ResponseChannels
+from .ipc.drain import Drain
+from .ipc.messages import AspiredRecord
+from .litserve_adapter import LitServeContractError, LitServeHost, Wiring, http_process_index
+from .metrics import metrics, setup_multiprocess
+from .telemetry import board_phase, build_observers
+from .worker.loader import default_threads
+from .worker.process import WorkerPlan
 
 log = logging.getLogger("modeldock")
-_LITSERVE_HOSTS = ("0.0.0.0", "127.0.0.1", "::")
 
 
-class ModeldockServer(ls.LitServer):  # type: ignore[misc]
-    """LitServer with our routes, a status board, any listen address and graceful SIGTERM."""
+class Sidecar(Protocol):
+    """A process the supervisor runs beside LitServe's HTTP processes that takes requests to the
+    same workers through its own channel slot (e.g. the gRPC server)."""
 
-    def __init__(self, apis: list[ModelAPI], cfg: ServerConfig) -> None:
-        self.cfg = cfg
-        self.board: Board | None = None
-        super().__init__(
-            apis,
-            accelerator="cpu",  # devices are chosen per model by our loader, not by LitServe
-            workers_per_device={api.api_path: api.cfg.workers for api in apis},
-            timeout=False,  # our loop and spec own timeouts
-            disable_openapi_url=True,
-            restart_workers=True,  # a worker recycled by the inference watchdog comes back
-        )
-        self.uvicorn_graceful_timeout = cfg.grace_period_s
-        self.drain = Drain(cfg.api_servers, cfg.grace_period_s)
-        specs = {api.cfg.name: api.spec for api in apis}
-        install_edge(self.app, lambda inner: Edge(inner, self.drain, specs, cfg.api_key))
-        Routes([a.cfg for a in apis], self._board, cfg.api_key).register(self.app)
+    def start(self, index: int, handlers: Mapping[str, InferHandler], drain: Drain) -> None:
+        """Called once the board is bound, before workers and HTTP processes start."""
 
-    def _shutdown_event_set(self) -> None:
-        self._shutdown_event.set()
-
-    def _board(self) -> Board:
-        assert self.board is not None, "the board exists once the server runs"
-        return self.board
-
-    def _register_internal_endpoints(self) -> None:
-        """LitServe's `/`, `/health` and `/info` are replaced by the v2 routes (its readiness keys
-        collide for `/v2/models/a/infer` and `/v2/models/b/infer`, and `/info` exposes config)."""
-
-    def _init_manager(self, num_api_servers: int) -> Any:
-        manager = super()._init_manager(num_api_servers)
-        # LitServe's Manager queues cost ~2 ms of CPU per request: see transport.py.
-        writers = []
-        for api in self.litapi_connector:
-            self.litapi_request_queues[api.api_path] = RequestChannel(num_api_servers, api.cfg.workers)
-            writers += [(api.cfg.name, w) for w in range(api.cfg.workers)]
-        self._transport = PipeTransport(num_api_servers, writers, self.response_buffer)
-        self.board = Board(manager.dict())
-        for api in self.litapi_connector:
-            api.board = self.board
-        return manager
-
-    def _perform_graceful_shutdown(
-        self, manager: Any, uvicorn_workers: dict[int, Any], shutdown_reason: str = "normal"
-    ) -> None:
-        """After the drain: stop the HTTP processes (SIGINT: uvicorn finishes what it accepted),
-        then the idle workers, then the queue manager. LitServe's version sends SIGTERM, which
-        every child here ignores so that a process-group SIGTERM cannot cut requests short."""
-        workers: list[Any] = list(self.inference_workers)
-        self.inference_workers.clear()  # LitServe's monitor must not restart them
-        for proc in uvicorn_workers.values():
-            stop_process(proc, signal.SIGINT, self.cfg.grace_period_s)
-        self._transport.close(send_sentinel=True)
-        for proc in workers:
-            stop_process(proc, signal.SIGKILL, 5)
-        manager.shutdown()
-        log.info("stopped")
-
-    def _start_server(
-        self,
-        port: int,
-        num: int,
-        log_level: str,
-        sockets: list[socket.socket],
-        *args: Any,
-        **kw: Any,
-    ) -> Any:
-        if self.cfg.host not in _LITSERVE_HOSTS:
-            # LitServe.run accepts three hosts only; it bound the wildcard we passed, rebind here.
-            for s in sockets:
-                s.close()
-            sockets = [_bind(self.cfg.host, port)]
-        return super()._start_server(port, num, log_level, sockets, *args, **kw)
+    def stop(self) -> None:
+        """Called after the drain, before the workers stop."""
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+@dataclass
+class Supervisor:
+    """The main process's view: config, the store, decisions, and the LitServe host."""
+
+    cfg: ServerConfig
+    store: ModelStore
+    control: ControlLoop
+    board: Board
+    drain: Drain
+    host: LitServeHost
+    sidecars: Sequence[Sidecar] = ()
+    make_handlers: Callable[[Callable[[], int]], dict[str, InferHandler]] | None = None
+
+    def on_shared_dict(self, shared: MutableMapping[str, Any]) -> None:
+        """LitServe's Manager is up and no worker has started: publish the first decisions."""
+        self.board.bind(shared)
+        self.control.publish_all()
+        self.control.start()
+        assert self.make_handlers is not None
+        for i, sidecar in enumerate(self.sidecars):
+            index = self.cfg.api_servers + i  # channel slots after the HTTP processes'
+            sidecar.start(index, self.make_handlers(functools.partial(int, index)), self.drain)
+
+    def on_stop(self) -> None:
+        for sidecar in self.sidecars:
+            sidecar.stop()
 
 
-def build_server(cfg: ServerConfig) -> ModeldockServer:
-    store = ModelStore(cfg.store, cache_dir=cfg.cache_dir or None)
-    if isinstance(store, S3ModelStore):
-        # Workers get the mirror's path and reopen the bucket from its origin marker.
-        root = store.init_mirror()
-    else:
-        root = store.root
-        if not root.is_dir():
-            raise StoreError(f"store {root} does not exist")
+def build_server(
+    cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None, config_path: str = ""
+) -> Supervisor:
+    store = open_store(cfg)
     names = [m.name for m in cfg.models] if cfg.models else store.models()
     if not names:
         raise StoreError(
             f"store {store.location} has no models; publish one (e.g. `modeldock demo --store {store.location}`)"
         )
     configs = [cfg.model(n) for n in names]
-    total_workers = sum(m.workers for m in configs)
-    apis = []
-    for m in configs:
-        api = ModelAPI(
-            m,
-            root.resolve(),
-            cfg.poll_interval,
-            cfg.api_servers,
-            default_threads(m, total_workers, cfg.api_servers),
-        )
-        api.api_key = cfg.api_key
-        api.log_level = cfg.log_level.upper()
-        apis.append(api)
-    return ModeldockServer(apis, cfg)
+    for mc in [*configs, cfg.defaults]:
+        if mc.handler:
+            try:
+                load_handler(mc.handler)  # a typo is a start-up error, not a rejected version
+            except HandlerNotFound as e:
+                raise ConfigError(f"model {mc.name or 'defaults'!r}: {e}") from None
+    make_control = ControlFactory(cfg, store)
+    controls = {mc.name: make_control(mc) for mc in configs}
+    for control in controls.values():
+        control.poll()  # the first decision before any worker starts
+    # TF Serving's rule: a label may only name a loaded version.
+    problems = [p for c in controls.values() for p in c.label_problems()]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    board = Board()
+    reload = ConfigReload(config_path, reread, list(controls.values())) if reread and config_path else None
+    control_loop = ControlLoop(list(controls.values()), board, cfg.poll_interval, reload or (lambda: None))
+    control_loop.on_polled = _rollout_metrics
+    pooled = cfg.pool_workers > 0
+    if pooled:
+        allowed = allow_rule(names if cfg.models else None, cfg.allow_models or ("" if cfg.models else "*"))
+        registry = Registry(store, board, cfg.model, make_control, allowed, control_loop.models)
+        control_loop.discover, control_loop.repository = registry.discover, registry.act
+    pool_cfg = dataclasses.replace(cfg.defaults, name=POOL, workers=max(1, cfg.pool_workers))
+    control_loop.workers = lambda name: next((c.workers for c in configs if c.name == name), cfg.pool_workers)
+
+    total_workers = sum(mc.workers for mc in configs) + cfg.pool_workers
+    watch_s = min(cfg.poll_interval, 0.5)  # workers read the decision often: one cheap IPC read
+    plans = [
+        WorkerPlan(mc, board, default_threads(mc, total_workers, cfg.api_servers), watch_s, cfg.log_level.upper())
+        for mc in configs
+    ]
+    if pooled:
+        threads = default_threads(pool_cfg, total_workers, cfg.api_servers)
+        plans.append(WorkerPlan(pool_cfg, board, threads, watch_s, cfg.log_level.upper(), pool=True))
+    sidecars: list[Sidecar] = []
+    if cfg.grpc_port:
+        sidecars.append(GrpcSidecar(cfg.host, cfg.grpc_port, cfg.api_key, configs, board, cfg.grace_period_s))
+    consumers = cfg.api_servers + len(sidecars)  # every process that submits requests
+    requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers) for p in plans}
+    responses = ResponseChannels(consumers, [(p.cfg.name, w) for p in plans for w in range(p.cfg.workers)])
+
+    observers = build_observers(cfg, phase_of=board_phase(board))  # traces, payload log: off by default
+
+    def make_handlers(process_index: Callable[[], int]) -> dict[str, InferHandler]:
+        return {
+            mc.name: InferHandler(mc, cfg.api_servers, requests[mc.name], responses, process_index, observers)
+            for mc in configs
+        }
+
+    def make_pool_handler(mc: ModelConfig) -> InferHandler:
+        return InferHandler(mc, cfg.api_servers, requests[POOL], responses, http_process_index, observers, POOL)
+
+    drain = Drain(consumers, cfg.grace_period_s)
+    directory = ModelDirectory(
+        configs, board, make_handlers(http_process_index), make_pool_handler if pooled else None, cfg.pool_workers
+    )
+    routes = Routes(directory, board, cfg.api_key)
+    admin = AdminRoutes(directory, board, cfg.admin_api_key, wait_s=3 * cfg.poll_interval + 2)
+
+    def register_routes(app: Any) -> None:
+        # Before the per-model routes: `/v2/models/stats` is not a model named "stats".
+        extensions.register(app, routes)
+        admin.register(app)
+        routes.register(app)
+
+    supervisor: Supervisor
+
+    def on_shared_dict(shared: MutableMapping[str, Any]) -> None:
+        supervisor.on_shared_dict(shared)
+        if pooled:
+            registry.publish()
+
+    wiring = Wiring(
+        plans=plans,
+        requests=requests,
+        responses=responses,
+        wrap_app=lambda inner: Edge(inner, drain, directory, cfg.api_key, http_process_index),
+        register_routes=register_routes,
+        on_shared_dict=on_shared_dict,
+        on_stop=lambda: supervisor.on_stop(),
+        listen_host=cfg.host,
+        grace_s=cfg.grace_period_s,
+    )
+    supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, make_handlers)
+    return supervisor
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -154,36 +189,39 @@ def serve(args: argparse.Namespace) -> int:
         cfg = from_args(args)
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
         setup_multiprocess(cfg.cache_dir)
-        server = build_server(cfg)
-    except (ConfigError, StoreError) as e:
+        logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        config_path = args.config or os.environ.get("MODELDOCK_CONFIG") or ""
+        supervisor = build_server(cfg, lambda: from_args(args), config_path)
+    except (ConfigError, StoreError, LitServeContractError) as e:
         print(f"modeldock: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server.drain.install(stop=server._shutdown_event_set)
-    # uvicorn's HTTP processes would stop on SIGTERM by themselves; only SIGINT (sent by main
-    # after the drain, or by a terminal's Ctrl+C) stops them.
-    uvicorn.server.HANDLED_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
-    served = {a.cfg.name for a in server.litapi_connector}
-    threading.Thread(
-        target=log_new_models,
-        args=(ModelStore(cfg.store), served, cfg.poll_interval, log.warning),
-        name="new-models",
-        daemon=True,
-    ).start()
-    host = cfg.host if cfg.host in _LITSERVE_HOSTS else ("::" if ":" in cfg.host else "0.0.0.0")
-    log.info(
-        "serving %s from %s on %s:%s",
-        [a.cfg.name for a in server.litapi_connector],
-        cfg.store,
-        cfg.host,
-        cfg.port,
-    )
-    server.run(
-        host=host,
-        port=cfg.port,
-        num_api_servers=cfg.api_servers,
-        log_level="warning",
-        generate_client_file=False,  # LitServe would write client.py into the working directory
-        proxy_headers=False,  # one ASGI layer less per request; nothing here reads client addresses
-    )
+    supervisor.drain.install(stop=supervisor.host.stop, seal=supervisor.host.seal)
+    names = sorted(supervisor.control.models)
+    if not cfg.pool_workers:
+        threading.Thread(
+            target=log_new_models,
+            args=(supervisor.store, set(names), cfg.poll_interval, log.warning),
+            name="new-models",
+            daemon=True,
+        ).start()
+    log.info("serving %s from %s on %s:%s", names, cfg.store, cfg.host, cfg.port)
+    try:
+        supervisor.host.run(cfg.port, cfg.api_servers)
+    except GrpcStartError as e:
+        print(f"modeldock: error: {e}", file=sys.stderr)
+        return 2
+    supervisor.control.stop()
     return 0
+
+
+def _rollout_metrics(model: ModelControl, before: AspiredRecord) -> None:
+    """After each poll: the rollout's phase and evidence as gauges."""
+    m, name, now = metrics(), model.cfg.name, model.record
+    if before.candidate is not None and (before.candidate, before.phase) != (now.candidate, now.phase):
+        m.rollout_phase.labels(name, str(before.candidate), before.phase).set(0)
+    if now.candidate is not None:
+        version, ev = str(now.candidate), model.rollout.evidence
+        m.rollout_phase.labels(name, version, now.phase).set(1)
+        m.rollout_agreement.labels(name, version).set(ev.agreement)
+        m.rollout_latency.labels(name, version).set(ev.latency_ratio)
+        m.rollout_errors.labels(name, version).set(ev.errors + ev.canary_failed)

@@ -122,6 +122,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from server.admin_client import cmd_rollout as run
+
+    return run(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from server.admin_client import cmd_models as run
+
+    return run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve
 
@@ -154,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     from server.config import add_serve_arguments
 
     add_serve_arguments(add("serve", "serve the store over the Open Inference Protocol v2"))
+    from server.admin_client import add_model_arguments, add_rollout_arguments
+
+    add_rollout_arguments(sub.add_parser("rollout", help="status, promote or abort a model's rollout on a server"))
+    add_model_arguments(sub)
     return p
 
 
@@ -165,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "verify": cmd_verify,
         "publish": cmd_publish,
         "serve": cmd_serve,
+        "rollout": cmd_rollout,
+        **dict.fromkeys(("models", "load", "unload", "pin"), cmd_models),
     }
     try:
         code = handlers[args.command](args)

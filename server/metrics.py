@@ -1,13 +1,15 @@
 """Every Prometheus metric in one place, correct across LitServe's processes.
 
-prometheus-client's multiprocess mode keeps each process's values in files under one folder
-(under the cache dir); `/metrics` in any HTTP process aggregates them. Counts made in workers
-(batches, reloads) are per worker.
+prometheus-client's multiprocess mode keeps each process's values in files under one folder per
+server instance (under the cache dir); `/metrics` in any HTTP process aggregates them. Counts
+made in workers (batches, reloads) are per worker.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -19,14 +21,50 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 
-def setup_multiprocess(cache_dir: str) -> None:
-    """Point every process of this server at a fresh metrics folder (call before any child)."""
-    folder = Path(cache_dir) / "metrics"
-    shutil.rmtree(folder, ignore_errors=True)  # stale files from an earlier run would add up
-    folder.mkdir(parents=True)
+def setup_multiprocess(cache_dir: str) -> Path:
+    """Give this server instance its own metrics folder, inherited by every child it starts.
+
+    Each instance gets `metrics/<pid>-<random>` under the cache dir, so servers sharing a cache
+    dir never add up or delete each other's values. Folders of instances whose main process is
+    gone are removed here; this instance's own folder is removed when it exits.
+    """
+    root = Path(cache_dir) / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_instances(root)
+    folder = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir()
     os.environ[ENV] = str(folder)
     # prometheus-client picks its value storage when first imported; switch it now.
     prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()  # type: ignore[no-untyped-call]
+    owner = os.getpid()
+
+    def remove_own_folder() -> None:
+        if os.getpid() == owner:  # a forked child inherits this handler; only the owner cleans up
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove_own_folder)
+    return folder
+
+
+def _remove_dead_instances(root: Path) -> None:
+    """Remove `<pid>-<random>` folders whose pid is not running (killed instances leave them)."""
+    for entry in root.iterdir():
+        pid_text, sep, _ = entry.name.partition("-")
+        if not (sep and pid_text.isdigit() and entry.is_dir()):
+            continue  # not ours to judge
+        # Our own pid on someone else's folder: an earlier run in this pid namespace (a container).
+        if int(pid_text) == os.getpid() or not _alive(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 class Metrics:
@@ -71,6 +109,42 @@ class Metrics:
             "modeldock_model_version",
             "Version in service",
             ["model", "worker"],
+            multiprocess_mode="mostrecent",
+        )
+        # Rollouts (written by the supervisor, docs/rollout.md).
+        self.rollout_phase = Gauge(
+            "modeldock_rollout_phase",
+            "1 while a candidate version is in a phase (shadow, canary), else 0",
+            ["model", "version", "phase"],
+            multiprocess_mode="mostrecent",
+        )
+        self.rollout_agreement = Gauge(
+            "modeldock_rollout_agreement",
+            "Share of compared rows where the candidate agrees with the serving version",
+            ["model", "version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.rollout_latency = Gauge(
+            "modeldock_rollout_latency_ratio",
+            "Candidate compute time over the serving version's on the same batches",
+            ["model", "version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.rollout_errors = Gauge(
+            "modeldock_rollout_candidate_failures",
+            "Shadow batches and canary requests the candidate failed",
+            ["model", "version"],
+            multiprocess_mode="mostrecent",
+        )
+        self.rollout_decisions = Counter(
+            "modeldock_rollout_decisions_total",
+            "Rollout outcomes: promoted, rejected (incl. rolled back), superseded",
+            ["model", "result"],
+        )
+        self.loaded = Gauge(
+            "modeldock_version_loaded",
+            "1 while a version is loaded and answers on its own URL, 0 once unloaded",
+            ["model", "version", "worker"],
             multiprocess_mode="mostrecent",
         )
 

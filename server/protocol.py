@@ -1,9 +1,17 @@
 """Open Inference Protocol v2 codec: JSON and binary tensor bodies <-> numpy. No server imports,
-so every rule here is unit-tested without a server."""
+so every rule here is unit-tested without a server.
+
+BYTES tensors are numpy object arrays of `bytes`: JSON strings (UTF-8) or, in binary form, each
+element as a 4-byte little-endian length and its bytes (Triton's layout, shared by gRPC's raw
+contents). NaN and +-Inf in JSON follow Triton: written and read as the tokens `NaN`,
+`Infinity` and `-Infinity` (as rapidjson with kWriteNanAndInfFlag does), never as `null`.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,21 +21,15 @@ import orjson
 
 from model_store.signature import DATATYPES, Signature, datatype_or
 
+from .errors import bad_request
+
 HEADER_LENGTH = "inference-header-content-length"
+BYTES = "BYTES"
+OBJECT = np.dtype(object)
+_LENGTH = struct.Struct("<I")
 
 
-class ProtocolError(Exception):
-    """A request the server refuses; `status` is the HTTP code, the message names the problem."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-def bad(message: str) -> ProtocolError:
-    return ProtocolError(400, message)
+bad = bad_request  # every decoding problem is the client's: 400
 
 
 @dataclass
@@ -50,7 +52,7 @@ def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return params
 
 
-def _shape(name: str, raw: Any, max_elements: int) -> tuple[int, ...]:
+def check_shape(name: str, raw: Any, max_elements: int) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise bad(f"input {name!r}: 'shape' must be a list of integers, got {raw!r}")
     if any(d < 0 for d in raw):
@@ -61,28 +63,81 @@ def _shape(name: str, raw: Any, max_elements: int) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _array(name: str, spec: Mapping[str, Any], shape: tuple[int, ...], blob: bytes | None) -> np.ndarray[Any, Any]:
-    datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
-        raise bad(f"input {name!r}: datatype {datatype!r} is not supported (one of {sorted(DATATYPES)})")
-    dtype = DATATYPES[datatype]
+def check_datatype(name: str, datatype: Any) -> str:
+    if datatype != BYTES and datatype not in DATATYPES:
+        raise bad(f"input {name!r}: datatype {datatype!r} is not supported (one of {sorted([*DATATYPES, BYTES])})")
+    return str(datatype)
+
+
+def datatype_name(arr: np.ndarray[Any, Any]) -> str:
+    return BYTES if arr.dtype == OBJECT else datatype_or(arr)
+
+
+def _split_bytes(name: str, blob: bytes | memoryview, count: int) -> list[bytes]:
+    """BYTES elements from Triton's binary layout: each a 4-byte LE length, then its bytes."""
+    view, offset = memoryview(blob), 0
+    items: list[bytes] = []
+    for _ in range(count):
+        if offset + 4 > len(view):
+            raise bad(f"input {name!r}: BYTES data ends inside element {len(items)} of {count}")
+        (size,) = _LENGTH.unpack_from(view, offset)
+        if offset + 4 + size > len(view):
+            raise bad(f"input {name!r}: BYTES element {len(items)} of {size} bytes runs past the data")
+        items.append(bytes(view[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    if offset != len(view):
+        raise bad(f"input {name!r}: {len(view) - offset} bytes of BYTES data after the {count} elements of its shape")
+    return items
+
+
+def _objects(items: Sequence[bytes], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    arr = np.empty(len(items), dtype=OBJECT)
+    arr[:] = items
+    return arr.reshape(shape)
+
+
+def array_from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], blob: bytes | memoryview
+) -> np.ndarray[Any, Any]:
+    """A tensor from its binary form (REST binary extension, gRPC raw contents)."""
     count = math.prod(shape)
-    if blob is not None:
-        if len(blob) != count * dtype.itemsize:
-            raise bad(
-                f"input {name!r}: binary_data_size {len(blob)} does not match shape {list(shape)} "
-                f"of {datatype} ({count * dtype.itemsize} bytes)"
-            )
-        return np.frombuffer(blob, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    data = spec.get("data")
-    if data is None:
-        raise bad(f"input {name!r}: no 'data' and no binary_data_size")
+    if datatype == BYTES:
+        return _objects(_split_bytes(name, blob, count), shape)
+    dtype = DATATYPES[datatype]
+    if len(blob) != count * dtype.itemsize:
+        raise bad(
+            f"input {name!r}: binary data of {len(blob)} bytes does not match shape {list(shape)} "
+            f"of {datatype} ({count * dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(blob, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+
+
+def array_to_bytes(arr: np.ndarray[Any, Any]) -> bytes:
+    """A tensor's binary form: little-endian values, or length-prefixed BYTES elements."""
+    if arr.dtype == OBJECT:
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in arr.reshape(-1).tolist()]
+        return b"".join(_LENGTH.pack(len(v)) + v for v in items)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def array_from_values(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray[Any, Any]:
+    """A tensor from JSON values (a flat or nested list; strings for BYTES), checked against its
+    datatype and shape."""
+    count = math.prod(shape)
     if not isinstance(data, list):
         data = [data]
     try:
         arr = np.asarray(data)
     except ValueError:
         raise bad(f"input {name!r}: 'data' is a ragged nested list") from None
+    if datatype == BYTES:
+        if arr.size and arr.dtype.kind not in "US":
+            raise bad(f"input {name!r}: 'data' must hold strings for BYTES")
+        if arr.size != count:
+            raise bad(f"input {name!r}: 'data' has {arr.size} values but shape {list(shape)} needs {count}")
+        flat = arr.reshape(-1).tolist()
+        return _objects([v.encode() if isinstance(v, str) else bytes(v) for v in flat], shape)
+    dtype = DATATYPES[datatype]
     if arr.size and (arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and dtype.kind in "biu")):
         got = "floats" if arr.dtype.kind == "f" else "non-numeric values"
         raise bad(f"input {name!r}: 'data' must hold {datatype} values, got {got}")
@@ -98,6 +153,28 @@ def _array(name: str, spec: Mapping[str, Any], shape: tuple[int, ...], blob: byt
     return cast.reshape(shape)
 
 
+def _array(name: str, spec: Mapping[str, Any], shape: tuple[int, ...], blob: bytes | None) -> np.ndarray[Any, Any]:
+    datatype = check_datatype(name, spec.get("datatype"))
+    if blob is not None:
+        return array_from_bytes(name, datatype, shape, blob)
+    data = spec.get("data")
+    if data is None:
+        raise bad(f"input {name!r}: no 'data' and no binary_data_size")
+    return array_from_values(name, datatype, shape, data)
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        # Triton's clients write NaN and +-Inf as bare tokens, which orjson refuses; the standard
+        # parser takes them (only this rare path pays for it).
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise bad(f"malformed JSON body: {e}") from None
+
+
 def decode_infer(body: bytes, header_length: str | None, *, max_elements: int) -> InferRequest:
     """Parse a v2 infer body (JSON, or JSON plus binary tensors); 400 on anything malformed."""
     blob_area = b""
@@ -109,10 +186,7 @@ def decode_infer(body: bytes, header_length: str | None, *, max_elements: int) -
         if not 0 < json_len <= len(body):
             raise bad(f"Inference-Header-Content-Length {json_len} is outside the body of {len(body)} bytes")
         body, blob_area = body[:json_len], body[json_len:]
-    try:
-        req = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise bad(f"malformed JSON body: {e}") from None
+    req = _loads(body)
     if not isinstance(req, dict):
         raise bad("request body must be a JSON object")
     inputs = req.get("inputs")
@@ -126,7 +200,7 @@ def decode_infer(body: bytes, header_length: str | None, *, max_elements: int) -
         name = spec["name"]
         if name in arrays:
             raise bad(f"input {name!r} is given twice")
-        shape = _shape(name, spec.get("shape"), max_elements)
+        shape = check_shape(name, spec.get("shape"), max_elements)
         size = _parameters(spec, f"input {name!r}").get("binary_data_size")
         blob = None
         if size is not None:
@@ -174,7 +248,10 @@ def check_inputs(signature: Signature, req: InferRequest) -> str | None:
     if missing:
         return f"missing input {missing[0]!r}; the model takes {want}"
     for spec in signature.inputs:
-        problem = spec.mismatch(req.inputs[spec.name])
+        arr = req.inputs[spec.name]
+        if arr.dtype == OBJECT:  # no stored signature holds BYTES
+            return f"tensor {spec.name!r}: expected {spec.datatype}, got BYTES"
+        problem = spec.mismatch(arr)
         if problem:
             return problem
     if req.outputs is not None:
@@ -185,9 +262,25 @@ def check_inputs(signature: Signature, req: InferRequest) -> str | None:
     return None
 
 
+_NON_FINITE = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}
+
+
+def _floats_with_tokens(values: list[float] | np.ndarray[Any, Any], flat: np.ndarray[Any, Any]) -> orjson.Fragment:
+    """orjson writes NaN/Inf as null; put Triton's tokens in their places instead."""
+    parts = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+        parts[i] = _NON_FINITE[str(float(flat[i]))]
+    return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+
+
 def _data(arr: np.ndarray[Any, Any]) -> Any:
     flat = arr.reshape(-1)
-    return flat.tolist() if arr.dtype == np.float16 else flat
+    if arr.dtype == OBJECT:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    values = flat.tolist() if arr.dtype == np.float16 else flat
+    if arr.dtype.kind == "f" and not np.isfinite(flat).all():
+        return _floats_with_tokens(values, flat)
+    return values
 
 
 def encode_infer(
@@ -200,19 +293,18 @@ def encode_infer(
         arr = outputs[name]
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": datatype_or(arr),
+            "datatype": datatype_name(arr),
             "shape": list(arr.shape),
         }
         if req.binary.get(name, req.binary_default):
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            raw = array_to_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
             entry["data"] = _data(arr)
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": entries}
-    if req.id is not None:
-        doc["id"] = req.id
+    # `id` always: KServe's InferenceResponse requires it (the request's, or "").
+    doc: dict[str, Any] = {"model_name": model, "model_version": str(version), "id": req.id or "", "outputs": entries}
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}
@@ -224,3 +316,15 @@ def encode_infer(
 
 def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def decode_instances(body: bytes) -> list[Any]:
+    """The `instances` of a v1 (KServe / TF Serving REST) predict body; 400 on anything else."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise bad(f"malformed JSON body: {e}") from None
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise bad('body must be {"instances": [...]} with at least one instance')
+    return instances

@@ -106,3 +106,119 @@ class SlowLoadModel(TinyMLP):
 
         time.sleep(self.LOAD_SECONDS)
         super().__init__(seed, hidden)
+
+
+# ---- fakes for the server's rooms, used by in-process unit tests --------------------------
+# (TF Serving tests its manager with a fake loader; these play the same part.)
+
+
+def fake_manifest(name: str = "m", version: int = 1, stamp: int = 0):  # type: ignore[no-untyped-def]
+    from model_store.manifest import Examples, Manifest
+    from model_store.signature import Signature
+
+    sig = Signature.from_dict(
+        {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+        }
+    )
+    return Manifest(name, version, "now", (), sig, Examples("e", f"{stamp:064d}", 0))
+
+
+def fake_verdict(version: int, stamp: int = 0, name: str = "m"):  # type: ignore[no-untyped-def]
+    """A verdict on files that need not exist; `stamp` stands for the files' identity."""
+    from pathlib import Path
+
+    from server.ipc.messages import Verdict
+
+    manifest = fake_manifest(name, version, stamp)
+    return Verdict(version, Path("/nonexistent") / name / str(version), manifest, (("f", stamp, 0),))
+
+
+class FakeSource:
+    """A store source whose next answers the test sets; raises `error` when set."""
+
+    def __init__(self) -> None:
+        from server.control.source import Aspired
+        from server.control.version_set import VersionSet
+
+        self.next = Aspired()
+        self.error: Exception | None = None
+        self.versions = VersionSet()
+        self.excluded = lambda version, manifest: False  # set by ModelControl: a rollout's rejections
+        self.also: set[int] = set()
+
+    def offer(self, version: int | None, valid: list[int] | None = None, stamp: int = 0, **kw: object) -> None:
+        """The store holds `valid` (default: just `version`); the policy picks `version`."""
+        from server.control.source import Aspired
+
+        valid = valid if valid is not None else ([version] if version else [])
+        self.stamps = {v: stamp for v in valid}
+        self.next = Aspired({}, version, valid, **kw)  # type: ignore[arg-type]
+
+    def poll(self, also=()):  # type: ignore[no-untyped-def]
+        """Like StoreSource.poll: verdicts for the policy's pick (skipping excluded versions,
+        falling back to the newest other one) and for `also`."""
+        import dataclasses
+
+        if self.error is not None:
+            raise self.error
+        aspired = self.next
+        choice = aspired.default
+
+        def manifest(v: int):  # type: ignore[no-untyped-def]
+            return fake_manifest("m", v, self.stamps.get(v, 0))
+
+        if choice is not None and self.excluded(choice, manifest(choice)):
+            others = [v for v in aspired.valid if not self.excluded(v, manifest(v))]
+            choice = max(others, default=None)
+        wanted = set(self.versions.select(aspired.valid, choice)) | (set(also) & set(aspired.valid))
+        verdicts = {v: fake_verdict(v, self.stamps.get(v, 0)) for v in sorted(wanted)}
+        return dataclasses.replace(aspired, verdicts=verdicts, default=choice)
+
+
+class FakeLoader:
+    """Loads any verdict at once into a FakeRuntime servable, or raises the reason set for it."""
+
+    def __init__(self) -> None:
+        self.refuse: dict[int, str] = {}
+        self.crash: set[int] = set()
+        self.loads: list[int] = []
+
+    def load(self, verdict):  # type: ignore[no-untyped-def]
+        from server.worker.loader import Rejected, Servable
+
+        self.loads.append(verdict.version)
+        if verdict.version in self.crash:
+            raise RuntimeError("loader crashed")
+        if verdict.version in self.refuse:
+            raise Rejected(self.refuse[verdict.version])
+        version = verdict.version
+        runtime = FakeRuntime(lambda x: x + version)
+        return Servable("m", version, verdict.manifest, runtime, "onnx", "cpu", "fake", 0.0, verdict.stats)
+
+
+class FakeRequests:
+    """A request channel backed by a list; `get` raises queue.Empty when it runs dry."""
+
+    def __init__(self, items: list[object] | None = None) -> None:
+        self.items = list(items or [])
+        self.waits: list[float | None] = []
+
+    def get(self, block: bool = True, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        from queue import Empty
+
+        self.waits.append(timeout if block else 0.0)
+        if not self.items:
+            raise Empty
+        return self.items.pop(0)
+
+
+class FakeAnswers:
+    """Collects what a worker sends back, per HTTP process."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, tuple[str, int], list[object]]] = []
+
+    def send(self, consumer: int, writer: tuple[str, int], answers: list[object]) -> None:
+        self.sent.append((consumer, writer, answers))

@@ -43,10 +43,11 @@ APP_KINDS = {
 
 STORE_PATH = "/models"
 PORT = 8000
+GRPC_PORT = 8001  # the server's grpc_port default (server/config.py)
 DEFAULT_GRACE_S = 25.0  # the server's grace_period_s default
 
 # Every metric the server exports (server/metrics.py); histograms also have _bucket, _sum, _count.
-COUNTERS = {"modeldock_requests_total", "modeldock_model_reloads_total"}
+COUNTERS = {"modeldock_requests_total", "modeldock_model_reloads_total", "modeldock_rollout_decisions_total"}
 HISTOGRAMS = {
     "modeldock_request_duration_seconds",
     "modeldock_queue_wait_seconds",
@@ -54,8 +55,17 @@ HISTOGRAMS = {
     "modeldock_inference_seconds",
     "modeldock_version_load_seconds",
 }
-GAUGES = {"modeldock_model_version"}
+GAUGES = {
+    "modeldock_model_version",
+    "modeldock_version_loaded",
+    "modeldock_rollout_phase",
+    "modeldock_rollout_agreement",
+    "modeldock_rollout_latency_ratio",
+    "modeldock_rollout_candidate_failures",
+}
 METRICS = COUNTERS | HISTOGRAMS | GAUGES
+# The gRPC service's own (server/grpc/servicer.py).
+GRPC_METRICS = {"modeldock_grpc_requests_total", "modeldock_grpc_request_duration_seconds"}
 
 
 def tool(name: str) -> str | None:
@@ -179,7 +189,7 @@ def test_probes(directory: str) -> None:
     assert budget >= 120, f"startupProbe allows only {budget}s for model loads"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert port_number(c, c[probe]["httpGet"]["port"]) == PORT
-    assert [p["containerPort"] for p in c["ports"]] == [PORT]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": PORT, "grpc": GRPC_PORT}
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
@@ -278,7 +288,7 @@ def test_service_hpa_and_pdb_select_the_pods(directory: str) -> None:
 
     service = one(objects, "Service")
     assert selects(service["spec"]["selector"])
-    assert {p["port"] for p in service["spec"]["ports"]} == {PORT}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": PORT, "grpc": GRPC_PORT}
     pdb = one(objects, "PodDisruptionBudget")
     assert selects(pdb["spec"]["selector"]["matchLabels"])
     hpa = one(objects, "HorizontalPodAutoscaler")
@@ -424,7 +434,8 @@ def test_dashboard_queries_only_our_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["panels"], "an empty dashboard"
     exprs = [q for q in queries(dashboard) if q != "prometheus"]  # the datasource variable's type
-    allowed = METRICS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+    histograms = HISTOGRAMS | {"modeldock_grpc_request_duration_seconds"}
+    allowed = METRICS | GRPC_METRICS | {h + s for h in histograms for s in ("_bucket", "_sum", "_count")}
     used: set[str] = set()
     for expr in exprs:
         names = set(re.findall(r"\bmodeldock_\w+", expr))
@@ -439,12 +450,22 @@ def test_dashboard_queries_only_our_metrics() -> None:
         assert f"histogram_quantile({q}, sum by (le) (rate(modeldock_request_duration_seconds_bucket" in text
     assert {"modeldock_model_reloads_total", "modeldock_model_version"} <= used
     assert used & {"modeldock_batch_size_bucket", "modeldock_batch_size_sum"}
+    # Versions and rollouts: every gauge and counter of docs/versions.md and docs/rollout.md.
+    assert GAUGES | {"modeldock_rollout_decisions_total"} <= used
+    assert "sum by (model, version) (rate(modeldock_requests_total" in text  # traffic per version
+    assert "by (model, result) (modeldock_rollout_decisions_total" in text
+    # gRPC: calls by status code and p99 latency.
+    assert "sum by (code) (rate(modeldock_grpc_requests_total" in text
+    assert "histogram_quantile(0.99, sum by (le) (rate(modeldock_grpc_request_duration_seconds_bucket" in text
 
 
 def test_dashboard_metrics_exist_in_the_server() -> None:
     source = (ROOT / "server" / "metrics.py").read_text()
     exported = set(re.findall(r'"(modeldock_\w+)"', source))
     assert exported == METRICS, f"server/metrics.py exports {sorted(exported)}; update the dashboard and this test"
+    grpc = "\n".join(p.read_text() for p in sorted((ROOT / "server" / "grpc").glob("*.py")))
+    exported = set(re.findall(r'"(modeldock_grpc_\w+)"', grpc))
+    assert exported == GRPC_METRICS, f"server/grpc exports {sorted(exported)}; update the dashboard and this test"
 
 
 def test_dashboard_is_not_a_kustomize_resource() -> None:

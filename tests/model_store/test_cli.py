@@ -105,3 +105,15 @@ def test_bad_input_is_one_line_and_nonzero(demo_store: Path, args: list[str], me
     assert r.returncode != 0
     assert r.stderr.startswith("modeldock: error:") and message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_demo_versions_carry_their_labels(demo_store: Path) -> None:
+    """The demo's handler reads labels.json: every version the demo publishes has it, verified."""
+    import json
+
+    for version in (1, 2):
+        folder = demo_store / "digits" / str(version)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["schema_version"] == 2
+        assert [f["path"] for f in manifest["data_files"]] == ["labels.json"]
+        assert json.loads((folder / "labels.json").read_text()) == [str(d) for d in range(10)]

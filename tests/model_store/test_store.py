@@ -257,3 +257,11 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         ModelStore(f)
+
+
+def test_a_url_root_needs_a_store_for_its_scheme(tmp_path: Path) -> None:
+    # A URL is never taken for a folder name: an unknown scheme is an error naming it.
+    with pytest.raises(StoreError, match=r"no store handles gs:// URLs \(known: s3://\)"):
+        ModelStore("gs://bucket/models")
+    assert not Path("gs:").exists()
+    assert type(ModelStore(tmp_path / "s3:")) is ModelStore  # a path object is always a folder

@@ -1,5 +1,5 @@
 """Hand-written hostile requests against a real server: each refused with a 4xx naming the
-problem, answered quickly, and the server keeps serving."""
+problem, and the server keeps serving (how fast refusals are is a benchmark's business)."""
 
 from __future__ import annotations
 
@@ -140,17 +140,18 @@ CASES = [
 def test_hostile_request_is_refused_with_a_message(
     tiny_server: ServerProcess, label: str, path: str, body: bytes, headers: dict[str, str], status: int, message: str
 ) -> None:
-    started = time.monotonic()
     got, content = raw(tiny_server, post(path, body, headers))
     assert got == status, content[:300]
     assert message in json.loads(content)["error"]
-    assert time.monotonic() - started < 2  # refusals answer in well under a second here
     assert tiny_server.post("/v2/models/tiny/infer", GOOD).status_code == 200
 
 
 def test_a_slow_client_does_not_hold_up_others(tiny_server: ServerProcess) -> None:
+    """Other requests are answered while one client is still trickling its body in (about 2 s):
+    were the server stuck reading it, none would complete until the last byte arrived."""
     body = json.dumps(GOOD).encode()
     result: dict[str, object] = {}
+    trickling, sent = threading.Event(), threading.Event()
 
     def trickle() -> None:
         with socket.create_connection(("127.0.0.1", tiny_server.port), timeout=30) as s:
@@ -160,18 +161,23 @@ def test_a_slow_client_does_not_hold_up_others(tiny_server: ServerProcess) -> No
                 )
                 + b"\r\n"
             )
-            for i in range(0, len(body), 8):  # about 2 s for the whole body
+            s.sendall(body[:8])
+            trickling.set()
+            for i in range(8, len(body), 8):
                 s.sendall(body[i : i + 8])
                 time.sleep(2 / (len(body) / 8))
+            sent.set()
             result["reply"] = s.recv(65536)
 
     t = threading.Thread(target=trickle)
     t.start()
-    fast = []
-    while t.is_alive() and len(fast) < 500:
-        started = time.monotonic()
+    assert trickling.wait(30)
+    during = 0
+    for _ in range(500):
+        if sent.is_set():
+            break
         assert tiny_server.post("/v2/models/tiny/infer", GOOD).status_code == 200
-        fast.append(time.monotonic() - started)
+        during += not sent.is_set()  # answered before the slow body was complete
     t.join(30)
-    assert len(fast) > 10 and max(fast) < 1.0
+    assert sent.is_set() and during > 10, f"{during} requests answered while the body trickled in"
     assert b" 200 " in result["reply"]  # type: ignore[operator]

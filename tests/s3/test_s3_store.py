@@ -13,8 +13,8 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from model_store import ModelStore, StoreError, VersionState
-from model_store.s3 import S3ModelStore
+from model_store import ModelStore, S3ModelStore, StoreError, VersionPolicy, VersionState
+from model_store.s3_mirror import Retention
 from tests.conftest import publish_tiny
 from tests.s3.conftest import Bucket, TcpProxy
 
@@ -241,6 +241,55 @@ def test_the_mirror_is_bounded_and_follows_deletes(bucket: Bucket, tmp_path: Pat
     assert best.resolve("tiny", "best:val_acc") == 1
     assert best.resolve("tiny", "pinned:3") == 3  # another policy mirrors what it needs
     assert best.verify("tiny", 2).ok  # an explicit verify fetches the version
+
+
+def test_each_model_keeps_what_its_retention_says(bucket: Bucket, tmp_path: Path) -> None:
+    publisher = ModelStore(bucket.url(), cache_dir=tmp_path / "publisher")
+    for seed, acc in enumerate((0.9, 0.7, 0.8)):
+        for name in ("a", "b"):
+            publish_tiny(publisher, name, seed=seed, metrics={"val_acc": acc}, **FAST)  # type: ignore[arg-type]
+
+    # One store for every model (as a server's supervisor holds it), one retention per model.
+    store = S3ModelStore(bucket.url(), cache_dir=tmp_path / "server", keep=2)
+    store.retain("a", keep=1, policy="best:val_acc")
+    latest = VersionPolicy.parse("latest")
+    assert store.retention("b") == Retention(2, latest)  # the store-wide values
+    assert {s.version: s.state for s in store.statuses("a")} == {
+        1: VersionState.VALID,  # the best
+        2: VersionState.PENDING,
+        3: VersionState.VALID,  # the newest is always looked at
+    }
+    assert "keeps up to 1 servable version(s) that policy best:val_acc prefers" in store.status("a", 2).reason
+    assert {s.version: s.state for s in store.statuses("b")} == {
+        1: VersionState.PENDING,
+        2: VersionState.VALID,
+        3: VersionState.VALID,
+    }
+    assert "keeps up to 2 servable version(s) that policy latest prefers" in store.status("b", 1).reason
+
+    # A worker is handed the mirror's path: a plain folder store sees what the supervisor synced.
+    worker = ModelStore(store.init_mirror())
+    assert type(worker) is ModelStore
+    assert worker.versions("a") == [1, 3] and worker.versions("b") == [2, 3]
+    assert worker.resolve("a", "best:val_acc") == 1
+
+    # A new retention applies at the next look; what is left out is the store's.
+    store.retain("a", keep=None)
+    assert store.retention("a") == Retention(None, latest)
+    assert store.versions("a") == [1, 2, 3]
+    assert worker.versions("a") == [1, 2, 3]
+    store.retain("b", keep=1)
+    assert store.versions("b") == [3]
+    assert worker.versions("b") == [3]
+
+    # Bad values are errors naming the problem and change nothing.
+    with pytest.raises(StoreError, match="keep must be an integer of at least 1"):
+        store.retain("b", keep=0)
+    with pytest.raises(ValueError, match="version policy 'newest'"):
+        store.retain("b", policy="newest")
+    with pytest.raises(StoreError, match="model name"):
+        store.retain("../b", keep=1)
+    assert store.retention("b") == Retention(1, latest)
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(bucket: Bucket, tmp_path: Path) -> None:

@@ -6,10 +6,15 @@ Every response is counted: zero failed requests, and no refused version ever ans
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,50 +134,158 @@ def test_versions_come_and_go_under_load_without_one_failed_request(tmp_path: Pa
         assert f"modeldock_{name}_count" in text, name
 
 
-def test_a_better_version_by_metric_is_picked_up(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+def answering_version(server: ServerProcess, times: int = 10) -> set[str]:
+    """The versions that answer `times` plain infer requests (no version in the path)."""
+    found = set()
+    for _ in range(times):
+        r = server.post("/v2/models/tiny/infer", infer_body(ROWS))
+        assert r.status_code == 200, r.text
+        found.add(r.json()["model_version"])
+    return found
+
+
+def seen_by_the_watcher(server: ServerProcess, store: ModelStore, version: int) -> None:
+    """Publish a corrupt copy as `version` and wait until it is rejected: the poll that rejects
+    it listed every version published before it, and applied the policy to them."""
+    onnx = clone(store, 1, version) / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-20] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    wait_for(lambda: str(version) in metadata(server)["properties"]["rejected"], f"v{version} rejected")
+
+
+def test_policy_best_serves_the_best_version_not_the_latest(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     store = ModelStore(tmp_path / "models")
     publish_tiny(store, seed=0, metrics={"val_acc": 0.9})
     server: ServerProcess = start_server(
         store.root, {"poll_interval": 0.5, "models": {"tiny": {"policy": "best:val_acc"}}}
     )
     server.wait_until("/v2/health/ready")
-    publish_tiny(store, seed=1, metrics={"val_acc": 0.8})  # worse: stays on 1
-    publish_tiny(store, seed=2, metrics={"val_acc": 0.95})  # better: serves 3
-    wait_for(lambda: metadata(server)["properties"].get("version") == "3", "best version served")
-    assert metadata(server)["versions"] == ["1", "2", "3"]
+    assert answering_version(server) == {"1"}
+
+    # 2 is the latest but worse: once the watcher has seen it, 1 keeps answering, 2 never does.
+    publish_tiny(store, seed=1, metrics={"val_acc": 0.8})
+    seen_by_the_watcher(server, store, 3)
+    assert answering_version(server) == {"1"}
+    assert server.post("/v2/models/tiny/versions/2/infer", infer_body(ROWS)).status_code == 404
+
+    # 4 is better: it answers.
+    publish_tiny(store, seed=2, metrics={"val_acc": 0.95})
+    wait_for(lambda: answering_version(server, 1) == {"4"}, "v4 (best) answers")
+    # 5 is the latest again and worse than 4: 4 keeps answering.
+    publish_tiny(store, seed=3, metrics={"val_acc": 0.85})
+    seen_by_the_watcher(server, store, 6)
+    assert answering_version(server) == {"4"}
+
+
+class ConnectionLoad:
+    """Closed-loop clients, one connection per request, telling apart what happened to each:
+    answered (an HTTP status), refused (connect failed: no listener), or dropped (connected,
+    i.e. accepted by the kernel for the server, and then reset or closed without an answer)."""
+
+    def __init__(self, port: int, path: str, body: dict[str, Any], threads: int = 8, max_s: float = 120) -> None:
+        data = json.dumps(body).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        ).encode() + data
+        self.port = port
+        self.answered: list[tuple[int, str, bool]] = []  # (status, body, connected before the signal)
+        self.refused = 0
+        self.dropped: list[tuple[str, bool]] = []  # (what happened, connected before the signal)
+        self.signalled = threading.Event()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_s
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        for _ in range(100_000):  # bounded in count and, below, in time
+            if self._stop.is_set() or time.monotonic() > self._deadline:
+                return
+            self._one()
+
+    def _one(self) -> None:
+        try:
+            conn = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        except ConnectionRefusedError:
+            with self._lock:
+                self.refused += 1
+            time.sleep(0.01)
+            return
+        before = not self.signalled.is_set()
+        data = b""
+        try:
+            with conn:
+                conn.sendall(self.request)
+                while chunk := conn.recv(65536):
+                    data += chunk
+        except OSError as e:  # reset or timed out after the connection was accepted
+            with self._lock:
+                self.dropped.append((f"{type(e).__name__} after {len(data)} bytes", before))
+            return
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 "):
+            with self._lock:
+                self.dropped.append((f"closed after {len(data)} bytes", before))
+            return
+        with self._lock:
+            self.answered.append((int(head.split(b" ", 2)[1]), body.decode(errors="replace"), before))
+
+    def answered_ok(self) -> int:
+        with self._lock:
+            return sum(1 for code, _, _ in self.answered if code == 200)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def tally(self) -> str:
+        codes: dict[int, int] = {}
+        for code, _, _ in self.answered:
+            codes[code] = codes.get(code, 0) + 1
+        accepted = len(self.answered) + len(self.dropped)
+        before = sum(1 for _, b in self.dropped if b)
+        return (
+            f"{accepted} accepted: {len(self.answered)} answered {codes}, {len(self.dropped)} dropped "
+            f"({before} connected before the signal; {sorted({w for w, _ in self.dropped})}); "
+            f"{self.refused} refused"
+        )
 
 
 @pytest.mark.parametrize("target", ["pid", "group"])
 def test_sigterm_drains_under_load_and_exits_zero(tmp_path: Path, start_server, target: str) -> None:  # type: ignore[no-untyped-def]
-    import os
-    import signal
-
+    """Every connection the server accepted gets an HTTP answer: 200, or 503 "shutting down" once
+    the drain began. Refused connections (the listener is closed) are fine; a reset is not."""
     store = ModelStore(tmp_path / "models")
     publish_tiny(store)
     server: ServerProcess = start_server(store.root)
     server.wait_until("/v2/health/ready")
-    load = Load(server.url + "/v2/models/tiny/infer", infer_body(ROWS), threads=4)
-    wait_for(lambda: load.count() > 50, "load running")
-    started = time.monotonic()
-    if target == "pid":
-        os.kill(server.proc.pid, signal.SIGTERM)
-    else:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-    code = server.proc.wait(timeout=30)
-    took = time.monotonic() - started
-    load.stop()
-    assert code == 0 and took < 25
-    # Accepted requests were answered; new ones got 503 until the port closed.
-    assert {c for c, _ in load.results} <= {200, 503}, [r for r in load.results if r[0] not in (200, 503)][:3]
-    assert set(load.errors) <= {"ConnectionError"}
-    with pytest.raises(ProcessLookupError):  # nothing of the server's process group is left
-        wait_for(lambda: _group_gone(server.proc.pid), "process group gone", timeout=5)
-        os.killpg(server.proc.pid, 0)
+    load = ConnectionLoad(server.port, "/v2/models/tiny/infer", infer_body(ROWS))
+    try:
+        wait_for(lambda: load.answered_ok() > 50, "load running", timeout=60)
+        load.signalled.set()
+        if target == "pid":
+            os.kill(server.proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+        code = server.proc.wait(timeout=60)
+        wait_for(lambda: load.refused > 0, "connections refused once the server is gone")
+    finally:
+        load.stop()
+    print(f"SIGTERM to the {target}: {load.tally()}")
+    assert code == 0, server.log_path.read_text()[-3000:]
+    assert not load.dropped, load.tally()
+    assert {c for c, _, _ in load.answered} <= {200, 503}, load.tally()
+    assert all("shutting down" in b for c, b, _ in load.answered if c == 503), load.tally()
+    assert "drained (0 requests still in flight)" in server.log_path.read_text()
+    wait_for(lambda: _group_gone(server.proc.pid), "nothing of the server's process group is left", timeout=10)
 
 
 def _group_gone(pgid: int) -> bool:
-    import os
-
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

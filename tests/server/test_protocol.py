@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import numpy as np
 import pytest
 
 from model_store.signature import Signature
-from server.protocol import HEADER_LENGTH, ProtocolError, check_inputs, decode_infer, encode_infer
+from server.errors import ServingError
+from server.http.encoding import decode_content
+from server.protocol import HEADER_LENGTH, check_inputs, decode_infer, encode_infer
 
 SIG = Signature.from_dict(
     {
@@ -100,7 +104,7 @@ def test_json_response_carries_id_and_version() -> None:
     ],
 )
 def test_malformed_requests_are_400_with_a_message(raw: bytes, header: str | None, message: str) -> None:
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ServingError) as e:
         decode(raw, header)
     assert e.value.status == 400 and message in e.value.message
 
@@ -108,13 +112,13 @@ def test_malformed_requests_are_400_with_a_message(raw: bytes, header: str | Non
 def test_binary_sizes_that_lie_are_refused() -> None:
     arr = np.zeros((2, 4), np.float32)
     raw, header = binary_body(arr, size=16)
-    with pytest.raises(ProtocolError, match="does not match shape"):
+    with pytest.raises(ServingError, match="does not match shape"):
         decode(raw, header)
     raw, header = binary_body(arr, size=64)
-    with pytest.raises(ProtocolError, match="runs past the end"):
+    with pytest.raises(ServingError, match="runs past the end"):
         decode(raw, header)
     raw, header = binary_body(arr, extra=b"xx")
-    with pytest.raises(ProtocolError, match="no input claims"):
+    with pytest.raises(ServingError, match="no input claims"):
         decode(raw, header)
 
 
@@ -134,3 +138,69 @@ def test_signature_mismatches_name_the_tensor(spec: dict, message: str) -> None:
 def test_unknown_requested_output() -> None:
     req = decode(json.dumps({"inputs": json.loads(body())["inputs"], "outputs": [{"name": "logits"}]}).encode())
     assert "unknown output 'logits'" in (check_inputs(SIG, req) or "")
+
+
+def test_response_without_a_request_id_has_an_empty_id() -> None:
+    content, _ = encode_infer("m", 1, decode(body()), {"output": np.zeros((2, 3), np.float32)})
+    assert json.loads(content)["id"] == ""
+
+
+def test_nan_and_infinity_are_written_and_read_as_tritons_tokens() -> None:
+    values = np.array([[1.5, np.nan, np.inf, -np.inf]], np.float32)
+    for arr in (values, values.astype(np.float16), values.astype(np.float64)):
+        content, _ = encode_infer("m", 1, decode(body()), {"output": arr})
+        assert b'"data":[1.5,NaN,Infinity,-Infinity]' in content
+        back = json.loads(content)["outputs"][0]["data"]  # Python's parser, like rapidjson, takes them
+        assert back[0] == 1.5 and np.isnan(back[1]) and back[2:] == [np.inf, -np.inf]
+    sent = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, "x", 2, 3]}]})
+    raw = sent.replace('"x"', "NaN").replace("2, 3", "Infinity, -Infinity").encode()
+    got = decode(raw).inputs["input"]
+    assert np.isnan(got[0, 1]) and got[0, 2] == np.inf and got[0, 3] == -np.inf
+
+
+def test_bytes_tensors_in_json_and_binary() -> None:
+    doc = {"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["héllo", ""]}]}
+    req = decode(json.dumps(doc).encode())
+    assert req.inputs["t"].tolist() == ["héllo".encode(), b""]
+    assert "expected FP32, got BYTES" in (check_inputs(SIG, _renamed(decode(json.dumps(doc).encode()))) or "")
+    req.binary_default = True
+    content, headers = encode_infer("m", 1, req, {"t": req.inputs["t"]})
+    n = int(headers[HEADER_LENGTH])
+    head = json.loads(content[:n])
+    blob = content[n:]
+    assert head["outputs"][0]["datatype"] == "BYTES" and blob == b"\x06\x00\x00\x00h\xc3\xa9llo\x00\x00\x00\x00"
+    spec = {"name": "t", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+    head_in = json.dumps({"inputs": [spec]}).encode()
+    assert decode(head_in + blob, str(len(head_in))).inputs["t"].tolist() == ["héllo".encode(), b""]
+    req.binary_default = False
+    assert json.loads(encode_infer("m", 1, req, {"t": req.inputs["t"]})[0])["outputs"][0]["data"] == ["héllo", ""]
+    with pytest.raises(ServingError, match="must hold strings for BYTES"):
+        decode(json.dumps({"inputs": [{**doc["inputs"][0], "data": [1, 2]}]}).encode())
+
+
+def _renamed(req):  # type: ignore[no-untyped-def]
+    req.inputs = {"input": req.inputs["t"]}
+    return req
+
+
+def test_gzip_and_deflate_bodies_are_inflated() -> None:
+    raw = body()
+    assert decode_content(gzip.compress(raw), "gzip", 10_000) == raw
+    assert decode_content(zlib.compress(raw), "deflate", 10_000) == raw
+    assert decode_content(raw, "identity", 10_000) == raw and decode_content(raw, None, 10) == raw
+
+
+@pytest.mark.parametrize(
+    ("data", "coding", "status", "message"),
+    [
+        (b"{}", "br", 415, "Content-Encoding 'br' is not supported"),
+        (gzip.compress(b" " * 1_000_000), "gzip", 413, "inflates to over the limit of 10000"),
+        (zlib.compress(b" " * 1_000_000), "deflate", 413, "inflates to over the limit of 10000"),
+        (b"not gzip at all", "gzip", 400, "not valid gzip data"),
+        (gzip.compress(b"{}")[:-4], "gzip", 400, "truncated gzip data"),
+    ],
+)
+def test_content_encoding_refusals(data: bytes, coding: str, status: int, message: str) -> None:
+    with pytest.raises(ServingError) as e:
+        decode_content(data, coding, 10_000)
+    assert e.value.status == status and message in e.value.message

@@ -9,7 +9,8 @@ import pytest
 
 from model_store import ModelStore
 from model_store.manifest import Manifest
-from server import manager, resources
+from server import resources
+from server.worker import loader
 from tests.conftest import publish_tiny
 
 
@@ -30,7 +31,7 @@ def test_a_copy_that_would_not_fit_is_refused(store: ModelStore, monkeypatch: py
     publish_tiny(store)
     folder = store.path("tiny", 1)
     m = Manifest.load(folder)
-    assert manager.memory_problem(folder, m, "onnx", "cpu") is None
-    monkeypatch.setattr(manager, "available_memory", lambda: 1024)
-    problem = manager.memory_problem(folder, m, "onnx", "cpu")
+    assert loader.memory_problem(m, "onnx", "cpu") is None
+    monkeypatch.setattr(loader, "available_memory", lambda: 1024)
+    problem = loader.memory_problem(m, "onnx", "cpu")
     assert problem is not None and "not enough memory" in problem

@@ -23,7 +23,7 @@ CONFIG = {
     "poll_interval": 0.5,
     "models": {
         "tiny": {"max_batch_size": 8},
-        "flaky": {"artifact": "state_dict", "max_batch_size": 8},
+        "flaky": {"artifact": "state_dict", "max_batch_size": 8, "batch_timeout_s": 2},
         "slow": {"artifact": "state_dict", "inference_timeout_s": 2, "max_queued_requests": 2},
         "limited": {"max_request_bytes": 2000, "max_rows_per_request": 4},
         "broken": {},
@@ -123,7 +123,8 @@ def test_metadata_and_readiness(server: ServerProcess) -> None:
     meta = server.get("/v2").json()
     assert meta["name"] == "modeldock" and "binary_tensor_data" in meta["extensions"]
     tiny = server.get("/v2/models/tiny").json()
-    assert tiny["versions"] == ["1", "2"] and tiny["platform"] == "onnx_onnxv1"
+    # The versions a client may request: only 2 is loaded (README, upgrade notes 0.2).
+    assert tiny["versions"] == ["2"] and tiny["platform"] == "onnx_onnxv1"
     assert tiny["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     assert tiny["properties"]["version"] == "2" and tiny["properties"]["device"] == "cpu"
     assert "onnxruntime" in tiny["properties"]["choice"]
@@ -198,11 +199,9 @@ def test_metadata_and_readiness(server: ServerProcess) -> None:
     ],
 )
 def test_refusals_name_the_problem(server: ServerProcess, path: str, body: object, status: int, message: str) -> None:
-    started = time.monotonic()
     r = server.post(path, body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
-    assert time.monotonic() - started < 5
 
 
 def test_unknown_routes_and_methods_answer_error_objects(server: ServerProcess) -> None:
@@ -215,22 +214,46 @@ def test_unknown_routes_and_methods_answer_error_objects(server: ServerProcess) 
 
 
 def test_one_bad_request_never_fails_its_batch(server: ServerProcess) -> None:
+    """Good, malformed and model-breaking requests in one batch: each gets its own answer.
+
+    `flaky` batches up to 8 rows and waits up to 2 s to fill a batch, so 8 one-row requests sent
+    together share one; /metrics proves it (one more batch, of 8 rows) before the answers count.
+    """
     good = infer_body([[0.5, 0.5, 0.5, 0.5]])
     bad_dtype = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
     failing = infer_body([[FAIL_VALUE, 0, 0, 0]])
-    jobs = [("tiny", good)] * 12 + [("tiny", bad_dtype)] * 4 + [("flaky", good)] * 12 + [("flaky", failing)] * 2
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda j: server.post(f"/v2/models/{j[0]}/infer", j[1]), jobs))
+    jobs = [good, bad_dtype, good, failing, good, good, failing, good]
+    for _ in range(5):  # a round whose requests did not all make one batch proves nothing: retry
+        batches = server.metric("modeldock_batch_size_count", model="flaky")
+        rows = server.metric("modeldock_batch_size_sum", model="flaky")
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            results = list(pool.map(lambda body: server.post("/v2/models/flaky/infer", body), jobs))
+        shared = (
+            server.metric("modeldock_batch_size_count", model="flaky") - batches,
+            server.metric("modeldock_batch_size_sum", model="flaky") - rows,
+        )
+        if shared == (1, len(jobs)):
+            break
+    assert shared == (1, len(jobs)), f"8 requests never shared one batch: (batches, rows) = {shared}"
     codes = [r.status_code for r in results]
-    assert codes == [200] * 12 + [400] * 4 + [200] * 12 + [500] * 2
-    assert "failed on this input" in results[-1].json()["error"]
+    assert codes == [200, 400, 200, 500, 200, 200, 500, 200], [r.text for r in results]
+    assert "expected FP32, got FP64" in results[1].json()["error"]
+    assert "failed on this input" in results[3].json()["error"]
+    for r in (results[i] for i, c in enumerate(codes) if c == 200):
+        [out] = r.json()["outputs"]
+        assert np.allclose(out["data"], expected(0, [[0.5, 0.5, 0.5, 0.5]]).ravel(), atol=1e-5)
 
 
 def test_a_hung_predict_answers_504_and_the_worker_comes_back(server: ServerProcess) -> None:
     sleeper = infer_body([[SLEEP_VALUE, 0, 0, 0]])
     with ThreadPoolExecutor(2) as pool:
         hung = [pool.submit(server.post, "/v2/models/slow/infer", sleeper) for _ in range(2)]
-        time.sleep(0.3)
+        # The queue limit is checked before the body is read: a malformed probe gets 503 once
+        # both sleepers are counted, 400 before (and never waits in the queue itself).
+        deadline = time.monotonic() + 30
+        while server.post("/v2/models/slow/infer", b"{").status_code != 503:
+            assert time.monotonic() < deadline, "the two hung requests never filled the queue"
+            time.sleep(0.02)
         over = server.post("/v2/models/slow/infer", infer_body(ROWS))
         assert over.status_code == 503 and over.headers["Retry-After"] == "1"
         assert "overloaded" in over.json()["error"]
@@ -277,7 +300,7 @@ def test_any_loopback_address_can_be_the_listen_address(tmp_path: Path, start_se
     store = ModelStore(tmp_path / "models")
     publish_tiny(store)
     srv = start_server(store.root, env={"MODELDOCK_HOST": "127.0.0.2"})  # LitServe itself takes 3 hosts only
-    srv.url = f"http://127.0.0.2:{srv.port}"
+    assert srv.url == f"http://127.0.0.2:{srv.port}"
     srv.wait_until("/v2/health/ready")
     assert srv.post("/v2/models/tiny/infer", infer_body(ROWS)).status_code == 200
     with pytest.raises(requests.ConnectionError):  # bound to that address, not the wildcard

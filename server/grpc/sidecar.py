@@ -1,0 +1,89 @@
+"""The supervisor's side of the gRPC process (a `server.app.Sidecar`). Imports no grpc: the
+gRPC core must start in the forked process only (it is not fork-safe once running)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..config import ModelConfig
+from ..http.infer import InferHandler
+from ..ipc.board import Board
+from ..ipc.drain import Drain
+
+log = logging.getLogger("modeldock.grpc")
+
+
+class GrpcStartError(RuntimeError):
+    """The gRPC server could not start (its port is taken, most often); the server must not run."""
+
+
+def _child(conn: Connection, *args: Any) -> None:
+    from .process import run  # grpc is imported here, after the fork
+
+    run(conn, *args)
+
+
+class GrpcSidecar:
+    """Runs the gRPC server in one process beside the HTTP processes, on its own channel slot."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        models: Sequence[ModelConfig],
+        board: Board,
+        grace_s: float,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.host, self.port, self.api_key = host, port, api_key
+        self.models, self.board, self.grace_s = list(models), board, grace_s
+        self.start_timeout_s = start_timeout_s
+        self._proc: Any = None
+        self._conn: Connection | None = None
+
+    def start(self, index: int, handlers: Mapping[str, InferHandler], drain: Drain) -> None:
+        """Forks the gRPC process and waits until it listens; raises GrpcStartError if it cannot."""
+        ctx = mp.get_context("fork")
+        conn, child_conn = ctx.Pipe()
+        args = (self.host, self.port, self.api_key, self.models, self.board, dict(handlers), drain, index, self.grace_s)
+        self._proc = ctx.Process(target=_child, args=(child_conn, *args), name="modeldock-grpc")
+        self._proc.start()
+        child_conn.close()
+        self._conn = conn
+        atexit.register(self._kill)  # runs before multiprocessing's own exit hook joins children
+        message: tuple[str, Any] = ("failed", f"it did not report within {self.start_timeout_s:g}s")
+        try:
+            if conn.poll(self.start_timeout_s):
+                message = conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            message = ("failed", f"its process exited with code {self._proc.exitcode}")
+        if message[0] != "ready":
+            self._kill()
+            raise GrpcStartError(f"gRPC server did not start: {message[1]}")
+        log.info("gRPC serving on %s:%s (pid %s)", self.host, message[1], self._proc.pid)
+
+    def stop(self) -> None:
+        """After the drain: the process answers its in-flight calls, then exits."""
+        if self._proc is None or self._conn is None:
+            return
+        try:
+            self._conn.send(("stop", 0))
+            if self._conn.poll(self.grace_s + 5):
+                self._conn.recv()
+        except (OSError, EOFError):
+            pass
+        self._proc.join(5)
+        self._kill()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            log.warning("gRPC process %s did not stop; killing it", self._proc.pid)
+            self._proc.kill()
+            self._proc.join(5)

@@ -1,0 +1,1 @@
+"""What each HTTP process runs: the ASGI edge, the infer handler per model, the other routes."""

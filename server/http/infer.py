@@ -1,0 +1,222 @@
+"""The infer route of one model in each HTTP process: limits, decode, submit to a worker, encode.
+
+Transport-free: body chunks and headers in, a Reply out; the ASGI edge is a thin adapter over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from model_store.runtimes import Tensors
+
+from ..config import ModelConfig
+from ..errors import ServingError, not_found, unavailable
+from ..ipc.channels import RequestChannel, ResponseChannels, WorkerLost
+from ..ipc.messages import Outcome, Queued, Work
+from ..metrics import metrics
+from ..protocol import HEADER_LENGTH, InferRequest, decode_infer, decode_instances, encode_infer
+from .encoding import decode_content
+from .replies import Reply, error_reply
+
+log = logging.getLogger(__name__)
+VERSION_HEADER = "x-model-version"  # the body says it too; the header serves proxies and logs
+
+
+@dataclass
+class RequestEvent:
+    """One answered request, for observers (traces, payload logs) after its reply is made."""
+
+    model: str
+    protocol: str  # "rest" | "grpc"
+    status: int
+    version: str  # the version that answered ("" if none)
+    headers: Mapping[str, str]  # the request's (traceparent lives here)
+    started_ns: int  # wall clock (time.time_ns) when the request arrived
+    duration_s: float
+    request: InferRequest | None = None  # decoded inputs, when decoding got that far
+    outputs: Tensors | None = None
+    error: str = ""
+    queue_s: float = 0.0
+    infer_s: float = 0.0
+    batch_rows: int = 0
+
+
+class RequestObserver(Protocol):
+    """Sees every answered request; must not block (queue the work, drop when full)."""
+
+    def __call__(self, event: RequestEvent) -> None: ...
+
+
+class InferHandler:
+    """`POST /v2/models/<name>[/versions/<v> | /labels/<l>]/infer` for one model, in one HTTP process."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        api_servers: int,
+        requests: RequestChannel,
+        responses: ResponseChannels,
+        process_index: Callable[[], int],
+        observers: Sequence[RequestObserver] = (),
+        channel: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.channel = channel or cfg.name  # the workers' name: the model's own, or the pool's
+        self.observers = list(observers)
+        self.requests, self.responses, self.process_index = requests, responses, process_index
+        # The queue limit is per model; each HTTP process enforces its share without IPC.
+        self.queue_limit = max(1, cfg.queue_limit() // api_servers)
+        self.inflight = 0
+        self._counters: dict[tuple[str, int], Any] = {}  # this process's metric children
+        self._latency: Any = None
+        # Every element takes at least one byte of body, so a shape with more elements than the
+        # body limit is absurd whatever its data: refused before anything is allocated.
+        self.max_elements = max(1, cfg.max_request_bytes)
+
+    async def reply(
+        self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], version: str | None, label: str | None = None
+    ) -> Reply:
+        started, wall = time.perf_counter(), time.time_ns()
+        seen: dict[str, Any] = {}  # what the observers get to see of this request
+        try:
+            reply = await self._reply(chunks, headers, version, label, seen)
+        except ServingError as e:
+            reply = error_reply(e)
+            seen["error"] = e.message
+        key = (reply.version, reply.status)
+        counter = self._counters.get(key)
+        if counter is None:  # label lookups cost more than the increment: keep the children
+            counter = self._counters[key] = metrics().requests.labels(self.cfg.name, reply.version, str(reply.status))
+            self._latency = self._latency or metrics().latency.labels(self.cfg.name)
+        counter.inc()
+        took = time.perf_counter() - started
+        self._latency.observe(took)
+        if self.observers:
+            self.notify(RequestEvent(self.cfg.name, "rest", reply.status, reply.version, headers, wall, took, **seen))
+        return reply
+
+    def notify(self, event: RequestEvent) -> None:
+        for observe in self.observers:
+            try:
+                observe(event)
+            except Exception:  # an observer's failure never fails a request
+                log.exception("%s: request observer failed", self.cfg.name)
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Counts a request against this process's share of the model's queue limit (503 past it)."""
+        if self.inflight >= self.queue_limit:
+            raise unavailable(f"model {self.cfg.name!r} is overloaded; retry shortly", retry_after_s=1)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+    async def infer(
+        self,
+        req: InferRequest,
+        version: int | None = None,
+        label: str | None = None,
+        seen: dict[str, Any] | None = None,
+    ) -> tuple[int, Tensors]:
+        """Decoded tensors in, the answering version and its outputs out; any refusal is a
+        ServingError. Shared by every protocol (call it inside `admitted`)."""
+        if req.rows > self.cfg.max_rows_per_request:
+            raise ServingError(413, f"request has {req.rows} rows, over the limit of {self.cfg.max_rows_per_request}")
+        outcome = await self._submit(Work(req, version, label, self.cfg.name))
+        if seen is not None:  # timings and outputs for the observers
+            seen.update(queue_s=outcome.queue_s, infer_s=outcome.infer_s, batch_rows=outcome.batch_rows)
+            seen["outputs"] = outcome.outputs
+        if outcome.status != 200 or outcome.outputs is None or outcome.version is None:
+            raise ServingError(outcome.status, outcome.error)
+        return outcome.version, outcome.outputs
+
+    async def _reply(
+        self,
+        chunks: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        version: str | None,
+        label: str | None,
+        seen: dict[str, Any],
+    ) -> Reply:
+        name = self.cfg.name
+        if version is not None and (not version.isdigit() or int(version) < 1):
+            raise not_found(f"model {name!r} has no version {version!r}")
+        with self.admitted():
+            body = await self._read_body(chunks, headers.get("content-length"))
+            body = decode_content(body, headers.get("content-encoding"), self.cfg.max_request_bytes)
+            req = decode_infer(body, headers.get(HEADER_LENGTH), max_elements=self.max_elements)
+            seen["request"] = req
+            answered, outputs = await self.infer(req, int(version) if version else None, label, seen)
+            content, extra = encode_infer(name, answered, req, outputs)
+            extra[VERSION_HEADER] = str(answered)
+            return Reply(200, content, extra, str(answered))
+
+    async def reply_v1(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> Reply:
+        """`POST /v1/models/<name>:predict`: `{"instances": [...]}` -> `{"predictions": [...]}`
+        (KServe v1 / TF Serving REST); each instance is one row, batched like any request."""
+        started, wall = time.perf_counter(), time.time_ns()
+        try:
+            with self.admitted():
+                body = await self._read_body(chunks, headers.get("content-length"))
+                body = decode_content(body, headers.get("content-encoding"), self.cfg.max_request_bytes)
+                instances = decode_instances(body)
+                if len(instances) > self.cfg.max_rows_per_request:
+                    raise ServingError(
+                        413, f"{len(instances)} instances, over the limit of {self.cfg.max_rows_per_request}"
+                    )
+                outcome = await self._submit(
+                    Work(InferRequest({}, rows=len(instances)), None, None, self.cfg.name, instances)
+                )
+                if outcome.status != 200 or outcome.version is None:
+                    raise ServingError(outcome.status, outcome.error)
+                content = orjson.dumps({"predictions": outcome.payload}, option=orjson.OPT_SERIALIZE_NUMPY)
+                reply = Reply(
+                    200,
+                    content,
+                    {"content-type": "application/json", VERSION_HEADER: str(outcome.version)},
+                    str(outcome.version),
+                )
+        except ServingError as e:
+            reply = error_reply(e)
+        if self.observers:
+            self.notify(
+                RequestEvent(
+                    self.cfg.name, "v1", reply.status, reply.version, headers, wall, time.perf_counter() - started
+                )
+            )
+        return reply
+
+    async def _read_body(self, chunks: AsyncIterator[bytes], declared: str | None) -> bytes:
+        limit = self.cfg.max_request_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        parts, size = [], 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ServingError(413, f"request body is over the limit of {limit} bytes")
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _submit(self, work: Work) -> Outcome:
+        consumer = self.process_index()
+        self.responses.start_reading(consumer)
+        uid = self.responses.new_uid()
+        waiting = self.responses.expect(uid, self.channel, self.cfg.inference_timeout_s)
+        self.requests.put(Queued(consumer, uid, time.monotonic(), work))
+        try:
+            outcome: Outcome = await waiting()
+        except TimeoutError:
+            return Outcome(504, error=f"inference took longer than {self.cfg.inference_timeout_s:g}s")
+        except WorkerLost:
+            return Outcome(503, error="the worker holding this request stopped and was restarted; retry")
+        return outcome

@@ -1,0 +1,1 @@
+"""What crosses between the server's processes: messages, channels, the status board, the drain."""

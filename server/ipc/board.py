@@ -1,0 +1,74 @@
+"""The status board: the supervisor's decisions and what each worker has loaded.
+
+The supervisor writes one aspired record per model; workers read it (off the request path) and
+write one record per (model, worker); the HTTP processes read those for readiness and metadata.
+It is a multiprocessing-Manager dict bound before any worker or HTTP process starts, so a read
+or write is one IPC round trip: never on the per-request path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from .messages import AspiredRecord, Listing, WorkerRecord
+
+
+class Board:
+    """A view over the shared dict; keys are `worker/<model>/<index>` and `aspired/<model>`."""
+
+    def __init__(self) -> None:
+        self._shared: MutableMapping[str, Any] | None = None
+
+    def bind(self, shared: MutableMapping[str, Any]) -> None:
+        self._shared = shared
+
+    @property
+    def shared(self) -> MutableMapping[str, Any]:
+        assert self._shared is not None, "the board is bound before any process reads it"
+        return self._shared
+
+    def publish(self, model: str, worker: int, record: WorkerRecord) -> None:
+        self.shared[f"worker/{model}/{worker}"] = record
+
+    def records(self, model: str, workers: int) -> list[WorkerRecord]:
+        """One record per expected worker; a worker not yet reporting counts as loading."""
+        return [self.shared.get(f"worker/{model}/{w}") or WorkerRecord(state="loading") for w in range(workers)]
+
+    def aspire(self, model: str, record: AspiredRecord) -> None:
+        self.shared[f"aspired/{model}"] = record
+
+    def command(self, model: str, action: str) -> str:
+        """An operator's action on a model, for the supervisor's next poll; returns its id."""
+        cid = uuid.uuid4().hex
+        self.shared[f"command/{cid}"] = (model, action)
+        return cid
+
+    def take_commands(self) -> list[tuple[str, str, str]]:
+        """(id, model, action) of every pending command, removed from the board."""
+        taken = []
+        for key in [k for k in self.shared.keys() if str(k).startswith("command/")]:  # noqa: SIM118 (a proxy)
+            value = self.shared.pop(key, None)
+            if isinstance(value, tuple) and len(value) == 2:
+                taken.append((key.removeprefix("command/"), str(value[0]), str(value[1])))
+        return taken
+
+    def ack(self, cid: str, outcome: str) -> None:
+        """What became of a command: "" (done) or why not."""
+        self.shared[f"ack/{cid}"] = outcome
+
+    def take_ack(self, cid: str) -> str | None:
+        found = self.shared.pop(f"ack/{cid}", None)
+        return found if isinstance(found, str) else None
+
+    def list_models(self, listings: dict[str, Listing]) -> None:
+        self.shared["registry"] = listings
+
+    def models(self) -> dict[str, Listing]:
+        found = self.shared.get("registry")
+        return found if isinstance(found, dict) else {}
+
+    def aspired(self, model: str) -> AspiredRecord | None:
+        record = self.shared.get(f"aspired/{model}")
+        return record if isinstance(record, AspiredRecord) else None

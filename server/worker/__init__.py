@@ -1,0 +1,1 @@
+"""What each inference worker runs: the batch loop, the servables in memory, the loader."""

@@ -1,0 +1,122 @@
+"""A batch through the user's handler (server/handlers): decode per request, one predict for the
+batch, encode per request. A request the handler refuses gets its own 400 (or 500 naming the
+handler); the others in the batch are answered. Also the v1 route's plain tensors for a model
+without a handler (TF Serving's row format: each instance is one row of the only input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ServingError
+from ..ipc.messages import Outcome, Work
+from .loader import Servable
+
+log = logging.getLogger(__name__)
+
+
+def _decode(servable: Servable, work: Work) -> list[tuple[dict[str, Any], int]]:
+    """The model's tensors per instance (v1) or for the request (v2); raises ServingError."""
+    bound = servable.handler
+    if work.instances is not None:
+        if bound is not None:
+            return [bound.decode(instance) for instance in work.instances]
+        return [_plain_rows(servable, work.instances)]
+    assert bound is not None
+    req = work.request
+    declared = [t.name for t in type(bound.handler).outputs]
+    unknown = [o for o in req.outputs or [] if declared and o not in declared]
+    if unknown:
+        raise ServingError(400, f"unknown output {unknown[0]!r}; the model produces {declared}")
+    return [bound.decode(req)]
+
+
+def _plain_rows(servable: Servable, instances: list[Any]) -> tuple[dict[str, Any], int]:
+    inputs = servable.manifest.signature.inputs
+    if len(inputs) != 1:
+        names = [s.name for s in inputs]
+        raise ServingError(400, f"the v1 route needs a handler for a model with several inputs ({names})")
+    spec = inputs[0]
+    try:
+        arr = np.asarray(instances, dtype=spec.dtype)
+    except (ValueError, TypeError) as e:
+        raise ServingError(400, f"instances do not make {spec.datatype} rows: {e}") from None
+    if (problem := spec.mismatch(arr)) is not None:
+        raise ServingError(400, f"instances: {problem}")
+    return {spec.name: arr}, len(instances)
+
+
+def _encode(servable: Servable, work: Work, parts: list[dict[str, Any]]) -> Outcome:
+    bound = servable.handler
+    if work.instances is None:
+        assert bound is not None
+        return Outcome(200, servable.version, bound.encode_v2(parts[0]))
+    if bound is not None:
+        return Outcome(200, servable.version, payload=[bound.encode_v1(p) for p in parts])
+    outputs = parts[0]
+    rows = [dict(zip(outputs, values, strict=True)) for values in zip(*outputs.values(), strict=True)]
+    plain = [{k: v.tolist() for k, v in r.items()} for r in rows]
+    payload = [next(iter(r.values())) for r in plain] if len(outputs) == 1 else plain
+    return Outcome(200, servable.version, payload=payload)
+
+
+def run_handled(servable: Servable, works: Sequence[Work], max_rows: int) -> list[Outcome]:
+    """Answer each request of one version's batch through its handler (or as v1 rows)."""
+    outcomes: list[Outcome | None] = [None] * len(works)
+    decoded: list[tuple[int, list[tuple[dict[str, Any], int]]]] = []
+    for i, work in enumerate(works):
+        try:
+            decoded.append((i, _decode(servable, work)))
+        except ServingError as e:
+            outcomes[i] = Outcome(e.status, error=e.message)
+    if decoded:
+        for i, outcome in _predict(servable, decoded, works, max_rows):
+            outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _predict(
+    servable: Servable,
+    decoded: list[tuple[int, list[tuple[dict[str, Any], int]]]],
+    works: Sequence[Work],
+    max_rows: int,
+) -> list[tuple[int, Outcome]]:
+    pieces = [tensors for _, parts in decoded for tensors, _ in parts]
+    rows = [n for _, parts in decoded for _, n in parts]
+    bound = servable.handler
+    try:
+        batched = bound.batch(pieces) if bound else {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        total = sum(rows)
+        chunks = [
+            servable.predict({k: v[s : s + max_rows] for k, v in batched.items()}) for s in range(0, total, max_rows)
+        ]
+        outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        split = bound.unbatch(outputs, rows) if bound else _split(outputs, rows)
+    except Exception as e:
+        if len(decoded) > 1:  # find the request that breaks the model; the others are answered
+            return [r for one in decoded for r in _predict(servable, [one], works, max_rows)]
+        status, message = (e.status, e.message) if isinstance(e, ServingError) else (500, "")
+        if status == 500 and not message:
+            log.exception("%s:%s failed on a valid request", servable.name, servable.version)
+            message = f"model {servable.name!r} version {servable.version} failed on this input"
+        return [(decoded[0][0], Outcome(status, error=message))]
+    answers, at = [], 0
+    for i, parts in decoded:
+        mine, at = split[at : at + len(parts)], at + len(parts)
+        try:
+            answers.append((i, _encode(servable, works[i], mine)))
+        except ServingError as e:
+            answers.append((i, Outcome(e.status, error=e.message)))
+    return answers
+
+
+def _split(outputs: dict[str, Any], rows: list[int]) -> list[dict[str, Any]]:
+    out, start = [], 0
+    for n in rows:
+        out.append({k: v[start : start + n] for k, v in outputs.items()})
+        start += n
+    return out

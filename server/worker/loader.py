@@ -1,0 +1,211 @@
+"""Loader: one verified version -> a validated, warmed servable on the chosen device, or a reason.
+
+Cheap to construct; all the work is in `load()` (TF Serving's loader contract). The supervisor
+verified the version's files and manifest once for the whole server and hands over its verdict;
+the loader only checks that the files are still those it verified (a stat each), then loads the
+artifact and reproduces the golden outputs on this worker's device: that check is about the
+device and runtime, not the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_store import StoreError
+from model_store.manifest import Manifest
+from model_store.runtimes import Runtime, Tensors
+from model_store.verify import check_artifact, load_examples
+
+from ..config import ModelConfig
+from ..handlers import BoundHandler, HandlerNotFound, HandlerSetupError, load_handler, setup_handler
+from ..ipc.messages import Verdict
+from ..resources import available_memory, usable_cpus
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = {
+    "onnx": "onnx_onnxv1",
+    "torchscript": "pytorch_torchscript",
+    "state_dict": "pytorch_eager",
+    "pickle": "pytorch_eager",
+}
+
+
+class Rejected(Exception):
+    """A version that must not serve; the message is the reason shown to operators."""
+
+
+@dataclass
+class Servable:
+    """A loaded, validated version: what requests compute with. It does not manage itself."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    runtime: Runtime
+    artifact: str
+    device: str
+    why: str
+    load_seconds: float
+    stats: tuple[tuple[str, int, int], ...] = ()  # the verified files it was loaded from
+    folder: Path = Path()  # where they are (its stored examples, for a rollout's evidence)
+    handler: BoundHandler | None = None  # the user's pre- and post-processing, set up for this version
+
+    def predict(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> Tensors:
+        return self.runtime.predict(inputs)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "version": str(self.version),
+            "artifact": self.artifact,
+            "device": self.device,
+            "choice": self.why,
+            "load_seconds": f"{self.load_seconds:.3f}",
+            **self.runtime.describe(),
+        }
+
+
+def pick_device(requested: str) -> str:
+    """`auto` is CUDA when torch sees a GPU, else CPU; an explicit CUDA device must exist."""
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise Rejected(f"device {requested} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
+        return f"cuda:{index}"
+    return "cpu"
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[str, str]:
+    """The format to load for `device`, and why (logged and shown in model metadata)."""
+    present = {a.format for a in manifest.artifacts}
+    if manifest.model_factory is None:
+        present.discard("state_dict")  # not rebuildable: never served
+    if not cfg.trust_pickle:
+        present.discard("pickle")
+    if cfg.artifact != "auto":
+        if cfg.artifact not in present:
+            raise Rejected(
+                f"config asks for artifact {cfg.artifact!r}; this version has none usable ({sorted(present)})"
+            )
+        return cfg.artifact, f"{cfg.artifact} as configured"
+    if device == "cpu":
+        order = ["onnx", "torchscript", "state_dict", "pickle"]
+        why = "onnxruntime is the fastest CPU runtime; torch formats are fallbacks"
+    elif _ort_has_cuda():
+        order = ["onnx", "torchscript", "state_dict", "pickle"]
+        why = "onnxruntime has the CUDA execution provider"
+    else:
+        order = ["torchscript", "state_dict", "pickle", "onnx"]
+        why = "onnxruntime here has no CUDA provider, so a torch format runs on the GPU"
+    for fmt in order:
+        if fmt in present:
+            return fmt, f"{fmt} on {device}: {why}"
+    raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
+
+
+def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:
+    if cfg.threads:
+        return cfg.threads
+    return max(1, usable_cpus() // (total_workers + api_servers))
+
+
+def changed_files(verdict: Verdict) -> list[str]:
+    """Files that are no longer what the supervisor verified (one stat each, no reading)."""
+    changed = []
+    for rel, size, mtime_ns in verdict.stats:
+        try:
+            st = (verdict.folder / rel).stat()
+        except OSError:
+            changed.append(f"{rel}: missing")
+            continue
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            changed.append(f"{rel}: changed since it was verified")
+    return changed
+
+
+def memory_problem(manifest: Manifest, fmt: str, device: str) -> str | None:
+    """Refuse a second copy that would not fit: about 3x the artifact (file, runtime, arena)."""
+    artifact = manifest.artifact(fmt)
+    need = 3 * (artifact.size if artifact else 0)
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if need > free:
+            return f"not enough GPU memory on {device}: need ~{need >> 20} MiB, {free >> 20} MiB free"
+        return None
+    available = available_memory()
+    if available is not None and need > available:
+        return f"not enough memory: need ~{need >> 20} MiB, {available >> 20} MiB available"
+    return None
+
+
+class Loader:
+    """Loads verified versions of one model for one worker."""
+
+    def __init__(self, cfg: ModelConfig, threads: int) -> None:
+        self.cfg, self.threads = cfg, threads
+
+    def load(self, verdict: Verdict) -> Servable:
+        started = time.perf_counter()
+        name, version, folder, manifest = self.cfg.name, verdict.version, verdict.folder, verdict.manifest
+        changed = changed_files(verdict)
+        if changed:
+            raise Rejected("; ".join(changed))
+        device = pick_device(self.cfg.device)
+        fmt, why = pick_artifact(manifest, self.cfg, device)
+        if fmt == "pickle":
+            log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
+        try:
+            runtime, err = check_artifact(
+                folder,
+                manifest,
+                fmt,
+                device=device,
+                trust_pickle=self.cfg.trust_pickle,
+                threads=self.threads,
+            )
+            self._warm_up(runtime, folder, manifest)
+        except StoreError as e:
+            raise Rejected(str(e)) from None
+        seconds = time.perf_counter() - started
+        log.info(
+            "%s:%s loaded %s on %s in %.2fs (golden max error %.2g): %s",
+            name,
+            version,
+            fmt,
+            device,
+            seconds,
+            err,
+            why,
+        )
+        handler = None
+        if self.cfg.handler:  # after the golden check: the handler is about requests, not the model
+            try:
+                handler = setup_handler(load_handler(self.cfg.handler), manifest, folder)
+            except (HandlerSetupError, HandlerNotFound) as e:
+                raise Rejected(str(e)) from None
+        return Servable(name, version, manifest, runtime, fmt, device, why, seconds, verdict.stats, folder, handler)
+
+    def _warm_up(self, runtime: Runtime, folder: Path, manifest: Manifest) -> None:
+        """Run the examples tiled to a full batch so first requests do not pay for allocation."""
+        ins, _ = load_examples(folder / manifest.examples.path)
+        rows = next(iter(ins.values())).shape[0]
+        reps = max(1, -(-self.cfg.max_batch_size // max(rows, 1)))
+        full = {k: np.concatenate([v] * reps)[: self.cfg.max_batch_size] for k, v in ins.items()}
+        for batch in (ins, full):
+            runtime.predict(batch)

@@ -1,0 +1,155 @@
+"""The worker's batch loop: collect requests into row batches, answer each request on its own.
+
+LitServe's own batched loop polls its queue every millisecond (and spins at batch_timeout=0),
+counts requests rather than rows, and fails a whole batch when one request fails. This loop
+blocks while idle, dispatches at once when nothing else is queued, packs whole requests up to
+`max_batch_size` rows, and answers each request on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from queue import Empty
+from typing import Any, Protocol
+
+import numpy as np
+
+from model_store.runtimes import Tensors
+
+from ..ipc.messages import Answer, Outcome, Queued, Work
+from ..protocol import InferRequest, check_inputs
+from .handled import run_handled
+from .loader import Servable
+
+log = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.5  # how long an idle worker blocks before looking for a version to swap in
+
+
+class Requests(Protocol):
+    """Where a worker takes requests from (a `RequestChannel`, or a fake in tests)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Queued: ...
+
+
+class Answers(Protocol):
+    """Where a worker sends answers (`ResponseChannels`, or a fake in tests)."""
+
+    def send(self, consumer: int, writer: tuple[str, int], answers: list[Answer]) -> None: ...
+
+
+def run_batch(
+    targets: Sequence[Servable | Outcome],
+    works: Sequence[Work],
+    max_rows: int,
+    seconds: dict[int, float] | None = None,
+) -> list[Outcome]:
+    """Answer every request of a batch, each with the servable resolved for it (or the answer
+    saying why none); a bad or failing request never fails the others. Requests for one version
+    run as one batch; `seconds` receives each version's compute time."""
+    outcomes: list[Outcome | None] = [None] * len(works)
+    groups: dict[int, tuple[Servable, list[int]]] = {}
+    for i, (target, w) in enumerate(zip(targets, works, strict=True)):
+        if isinstance(target, Outcome):
+            outcomes[i] = target
+        elif (
+            target.handler is None
+            and w.instances is None
+            and (problem := check_inputs(target.manifest.signature, w.request))
+        ):
+            outcomes[i] = Outcome(400, error=problem)
+        else:
+            groups.setdefault(id(target), (target, []))[1].append(i)
+    for servable, indexes in groups.values():
+        started = time.perf_counter()
+        handled = servable.handler is not None or any(works[i].instances is not None for i in indexes)
+        if handled:
+            results = run_handled(servable, [works[i] for i in indexes], max_rows)
+        else:
+            results = _predict_rows(servable, [works[i].request for i in indexes], max_rows)
+        if seconds is not None:
+            seconds[servable.version] = time.perf_counter() - started
+        for i, result in zip(indexes, results, strict=True):
+            outcomes[i] = result
+    return [o for o in outcomes if o is not None]
+
+
+def _predict_rows(servable: Servable, requests: list[InferRequest], max_rows: int) -> list[Outcome]:
+    try:
+        outputs = _concat_predict(servable.predict, requests, max_rows)
+    except Exception:
+        if len(requests) == 1:
+            log.exception("%s:%s failed on a valid request", servable.name, servable.version)
+            return [
+                Outcome(
+                    500,
+                    error=f"model {servable.name!r} version {servable.version} failed on this input",
+                )
+            ]
+        # Find the request that breaks the model; the others still get their answer.
+        return [o for r in requests for o in _predict_rows(servable, [r], max_rows)]
+    return [Outcome(200, servable.version, o) for o in outputs]
+
+
+def _concat_predict(
+    predict: Callable[[dict[str, np.ndarray[Any, Any]]], Tensors],
+    requests: list[InferRequest],
+    max_rows: int,
+) -> list[Tensors]:
+    """Stack requests into one input per name, run in chunks of at most `max_rows`, split back."""
+    names = list(requests[0].inputs)
+    stacked = {
+        n: np.concatenate([r.inputs[n] for r in requests]) if len(requests) > 1 else requests[0].inputs[n]
+        for n in names
+    }
+    total = next(iter(stacked.values())).shape[0]
+    chunks = [predict({n: a[s : s + max_rows] for n, a in stacked.items()}) for s in range(0, total, max_rows)]
+    merged = {k: np.concatenate([c[k] for c in chunks]) if len(chunks) > 1 else chunks[0][k] for k in chunks[0]}
+    out, start = [], 0
+    for r in requests:
+        out.append({k: v[start : start + r.rows] for k, v in merged.items()})
+        start += r.rows
+    return out
+
+
+class BatchCollector:
+    """Takes whole requests off a channel into batches of at most `max_rows` rows."""
+
+    def __init__(self, requests: Requests, max_rows: int, wait_s: float) -> None:
+        self.requests, self.max_rows, self.wait_s = requests, max_rows, wait_s
+        self._held: Queued | None = None
+
+    def _get(self, timeout: float | None, block: bool = True) -> Queued | None:
+        try:
+            return self.requests.get(block=block, timeout=timeout)
+        except Empty:
+            return None
+
+    def collect(self) -> list[Queued]:
+        first = self._held or self._get(IDLE_WAIT_S)  # blocks: no idle spin
+        self._held = None
+        if first is None:
+            return []
+        items, rows = [first], first.work.request.rows
+        deadline = time.monotonic() + self.wait_s
+        while rows < self.max_rows:
+            remaining = deadline - time.monotonic()
+            item = self._get(remaining if remaining > 0 else None, block=remaining > 0)
+            if item is None:
+                break  # nothing else queued: dispatch now rather than wait out a window
+            if rows + item.work.request.rows > self.max_rows:
+                self._held = item  # starts the next batch; whole requests only
+                break
+            items.append(item)
+            rows += item.work.request.rows
+        return items
+
+
+def answer(items: Sequence[Queued], outcomes: Sequence[Outcome], answers: Answers, writer: tuple[str, int]) -> None:
+    """One message per HTTP process for the whole batch: fewer pickles, writes and wakeups."""
+    by_consumer: dict[int, list[Answer]] = {}
+    for item, outcome in zip(items, outcomes, strict=True):
+        by_consumer.setdefault(item.consumer, []).append((item.uid, outcome))
+    for consumer, batch in by_consumer.items():
+        answers.send(consumer, writer, batch)

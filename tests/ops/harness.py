@@ -1,0 +1,112 @@
+"""A real `modeldock serve` on 127.0.0.1 whose cache dir the test chooses (so servers can share one)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reserve_port() -> socket.socket:
+    """A loopback port held until the server that gets it stops: bound with SO_REUSEADDR and never
+    listening, so the server (uvicorn and gRPC bind with SO_REUSEADDR too) can listen on it while
+    no other test's bind to port 0 takes it first."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def infer_body(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}]}
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample called `name` in Prometheus text, keyed by its sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                found[tuple(sorted(s.labels.items()))] = s.value
+    return found
+
+
+class Server:
+    """One server process in its own session (its children are ours to stop), stopped by PID.
+
+    gRPC is off unless `grpc` is set: then it listens on a reserved port of its own (`grpc_url`);
+    the default port (8001) would collide between servers of tests running in parallel."""
+
+    def __init__(self, store: Path, cache: Path, log_path: Path, *extra: str, grpc: bool = False) -> None:
+        self._reserved = [reserve_port()]
+        self.port = int(self._reserved[0].getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        grpc_port = 0
+        if grpc:
+            self._reserved.append(reserve_port())
+            grpc_port = int(self._reserved[1].getsockname()[1])
+        self.grpc_url = f"127.0.0.1:{grpc_port}"  # host:port, as tritonclient.grpc takes it
+        self.cache = cache
+        self.log_path = log_path
+        args = [sys.executable, "-m", "server", "serve", "--store", str(store), "--port", str(self.port)]
+        args += ["--grpc-port", str(grpc_port), "--cache-dir", str(cache), "--poll-interval", "0.3", *extra]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELDOCK_", "PROMETHEUS_"))}
+        env["PYTHONPATH"] = str(ROOT)
+        self.log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            args, cwd=log_path.parent, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=30)
+
+    def infer(self, model: str, rows: list[list[float]] = ROWS) -> requests.Response:
+        return requests.post(f"{self.url}/v2/models/{model}/infer", data=json.dumps(infer_body(rows)), timeout=30)
+
+    def metrics(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        r = self.get("/metrics")
+        assert r.status_code == 200, r.text
+        return samples(r.text, name)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(requests.ConnectionError):
+                if self.get("/v2/health/ready").status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=40)
+        with contextlib.suppress(ProcessLookupError):  # what is left of our session, nothing else
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+        for held in self._reserved:
+            held.close()
+        return self.proc.returncode

@@ -1,0 +1,103 @@
+"""Request and answer channels in-process: ordering, a full pipe, a killed worker, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+from queue import Empty
+
+import numpy as np
+import pytest
+
+from server.ipc.channels import RequestChannel, ResponseChannels, WorkerLost
+from server.ipc.messages import Outcome, Queued, Work
+from server.protocol import InferRequest
+
+
+def queued(uid: int, rows: int = 1, consumer: int = 0, size: int = 4) -> Queued:
+    arr = np.zeros((rows, size), dtype=np.float32)
+    return Queued(consumer, uid, 0.0, Work(InferRequest({"input": arr}, rows=rows)))
+
+
+def test_requests_arrive_in_order_and_an_empty_channel_times_out() -> None:
+    channel = RequestChannel(producers=1, consumers=1)
+
+    async def produce() -> None:
+        for uid in range(5):
+            channel.put(queued(uid))
+
+    asyncio.run(produce())
+    assert [channel.get(timeout=1).uid for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(Empty):
+        channel.get(timeout=0.01)
+
+
+def test_a_full_pipe_is_finished_by_the_event_loop_without_blocking_it() -> None:
+    channel = RequestChannel(producers=1, consumers=1)
+    big = 64 * 1024  # floats per request: 256 KiB each, far past a pipe's buffer
+    got: list[int] = []
+
+    async def produce() -> None:
+        for uid in range(8):
+            channel.put(queued(uid, size=big))  # returns at once even though the pipe is full
+        assert channel._out, "the unsent bytes wait for the pipe, not the caller"
+        loop = asyncio.get_running_loop()
+        while len(got) < 8:  # a reader drains while the loop keeps flushing
+            got.append((await loop.run_in_executor(None, channel.get, True, 5)).uid)
+
+    asyncio.run(asyncio.wait_for(produce(), 30))
+    assert got == list(range(8)) and not channel._out
+
+
+def test_answers_complete_their_futures_and_a_timeout_is_raised() -> None:
+    responses = ResponseChannels(consumers=1, writers=[("m", 0)])
+
+    async def run() -> None:
+        responses.start_reading(0)
+        first, second = responses.new_uid(), responses.new_uid()
+        wait_first = responses.expect(first, "m", timeout=5)
+        wait_second = responses.expect(second, "m", timeout=0.05)
+        responses.send(0, ("m", 0), [(first, Outcome(200, 1))])
+        assert (await wait_first()).status == 200
+        with pytest.raises(TimeoutError):
+            await wait_second()
+
+    asyncio.run(run())
+
+
+def _answer_from_another_process(responses: ResponseChannels, uid: int) -> None:
+    responses.send(0, ("m", 0), [(uid, Outcome(200, 1))])
+
+
+def test_requests_held_by_a_killed_worker_fail_at_once_when_its_replacement_answers() -> None:
+    responses = ResponseChannels(consumers=1, writers=[("m", 0)])
+
+    async def run() -> None:
+        responses.start_reading(0)
+        lost, answered = responses.new_uid(), responses.new_uid()
+        wait_lost = responses.expect(lost, "m", timeout=30)
+        wait_answered = responses.expect(answered, "m", timeout=30)
+        # The worker that took `lost` died; its replacement (another process) answers the next.
+        proc = mp.get_context("spawn").Process(target=_answer_from_another_process, args=(responses, answered))
+        proc.start()
+        assert (await wait_answered()).status == 200
+        with pytest.raises(WorkerLost):
+            await asyncio.wait_for(wait_lost(), 1)  # not after its 30 s timeout
+        proc.join(10)
+
+    asyncio.run(run())
+
+
+def test_with_several_workers_per_model_out_of_order_answers_are_not_losses() -> None:
+    responses = ResponseChannels(consumers=1, writers=[("m", 0), ("m", 1)])
+
+    async def run() -> None:
+        responses.start_reading(0)
+        a, b = responses.new_uid(), responses.new_uid()
+        wait_a, wait_b = responses.expect(a, "m", 5), responses.expect(b, "m", 5)
+        responses.send(0, ("m", 1), [(b, Outcome(200, 1))])
+        responses.send(0, ("m", 0), [(a, Outcome(200, 1))])
+        assert [(await wait_b()).status, (await wait_a()).status] == [200, 200]
+        assert not responses._in_order  # nothing tracked for in-order loss detection
+
+    asyncio.run(run())
