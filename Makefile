@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STORE  ?= models
 
-.PHONY: serve test lint bench bench-rollout soak clean image-test prometheus-tools
+.PHONY: serve test lint bench bench-rollout soak clean image-test prometheus-tools perf-analyzer
 
 $(BIN)/modeldock: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ prometheus-tools:
 	  echo "prometheus/promtool not installed: the Prometheus tests in tests/ops will skip"
 
 # The image built with podman and run locked down as in k8s/ (needs root; several minutes).
+# Triton's perf_analyzer (2.60, a manylinux_2_38 wheel) run through a newer glibc's loader; the
+# tests in tests/server/grpc/test_perf_analyzer.py use it when present and skip without it.
+perf-analyzer: $(BIN)/modeldock
+	test -x $(VENV)/peers/perf_analyzer/perf_analyzer || PIP=$(BIN)/pip scripts/install_perf_analyzer.sh
+
 image-test: $(BIN)/modeldock
 	TORCH="$(TORCH)" scripts/image-test.sh
 

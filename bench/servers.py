@@ -112,7 +112,7 @@ def roles(kind: str, root: int, port: int) -> dict[int, str]:
         elif "spawn_main" in cmd:
             # Not every spawned child is a worker; a worker is one writing modeldock's metric files.
             mine = any(f.endswith(f"_{pid}.db") for f in open_files(pid))
-            found[pid] = "inference worker" if mine else "spawned helper"
+            found[pid] = "inference worker" if mine else "spawned process"
         elif serves_unix_socket(pid):  # LitServe's multiprocessing Manager (forked, like the HTTP servers)
             found[pid] = "queue manager"
         else:

@@ -18,7 +18,7 @@ from model_store.demo import LABELS, LABELS_FILE, NAME, ConvNet
 from model_store.manifest import Manifest
 from model_store.verify import load_examples
 from server.handlers.digits import DigitsHandler
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import ServerProcess, reserve_port
 from tests.server.handlers.conftest import DIGIT_7
 from tests.server.test_hot_reload import wait_for
 
@@ -132,3 +132,33 @@ def test_the_handler_in_process_agrees_with_the_server(served: tuple[ServerProce
     want = handler.encode_response({manifest.signature.outputs[0].name: logits})
     got = server.post(f"/v1/models/{NAME}:predict", {"instances": [IMAGE]}).json()["predictions"][0]
     assert got["label"] == want["label"] and abs(got["probability"] - want["probability"]) < 1e-3
+
+
+def test_the_image_handler_over_grpc(digits_store: Path, tmp_path: Path) -> None:
+    """BYTES in, the handler's outputs back, over the gRPC service (tritonclient.grpc)."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    shutil.copytree(digits_store, tmp_path / "models")
+    (tmp_path / "cwd").mkdir()
+    holder = reserve_port()
+    port = holder.getsockname()[1]
+    config = {"models": {NAME: {"handler": HANDLER}}}
+    server = ServerProcess(tmp_path / "models", tmp_path / "cwd", config, env={"MODELDOCK_GRPC_PORT": str(port)})
+    try:
+        server.wait_until(f"/v2/models/{NAME}/ready")
+        holder.close()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        wait_for(lambda: client.is_server_live(), "gRPC up", 60)
+        meta = client.get_model_metadata(NAME, as_json=True)
+        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("image", "BYTES")]
+        inp = grpcclient.InferInput("image", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([DIGIT_7.read_bytes()], dtype=object))
+        result = client.infer(NAME, [inp])
+        assert result.as_numpy("label").tolist() == [b"7"]
+        assert 0 < float(result.as_numpy("probability")[0]) <= 1
+        bad = grpcclient.InferInput("image", [1], "BYTES")
+        bad.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+        with pytest.raises(Exception, match=r"INVALID_ARGUMENT"):  # the handler's 400, as Triton maps it
+            client.infer(NAME, [bad])
+        client.close()
+    finally:
+        server.stop()
