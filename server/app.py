@@ -133,7 +133,9 @@ def build_server(
         plans.append(WorkerPlan(pool_cfg, board, threads, watch_s, cfg.log_level.upper(), pool=True))
     sidecars: list[Sidecar] = []
     if cfg.grpc_port:
-        sidecars.append(GrpcSidecar(cfg.host, cfg.grpc_port, cfg.api_key, configs, board, cfg.grace_period_s))
+        grpc = GrpcSidecar(cfg.host, cfg.grpc_port, cfg.api_key, configs, board, cfg.grace_period_s)
+        grpc.admin_key, grpc.admin_wait_s = cfg.admin_api_key, 3 * cfg.poll_interval + 2
+        sidecars.append(grpc)
     consumers = cfg.api_servers + len(sidecars)  # every process that submits requests
     requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers) for p in plans}
     responses = ResponseChannels(consumers, [(p.cfg.name, w) for p in plans for w in range(p.cfg.workers)])

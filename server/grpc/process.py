@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 import grpc
 
 from ..config import ModelConfig
+from ..http.admin import AdminRoutes
 from ..http.directory import ModelDirectory
 from ..http.infer import InferHandler
 from ..http.routes import Routes
@@ -62,13 +63,18 @@ def run(
     drain: Drain,
     index: int,
     grace_s: float,
+    admin_key: str = "",
+    admin_wait_s: float = 10.0,
 ) -> None:
     """The process's body (after the fork)."""
     ignore_termination()  # only the supervisor decides when this process stops
     _die_with_parent()
     # Models added while serving (the pool's) are served over REST only for now.
-    routes = Routes(ModelDirectory(models, board, handlers), board, "")
-    asyncio.run(_serve(conn, host, port, Servicer(handlers, routes, api_key, drain, index), grace_s, models))
+    directory = ModelDirectory(models, board, handlers)
+    routes = Routes(directory, board, "")
+    admin = AdminRoutes(directory, board, admin_key, admin_wait_s)
+    servicer = Servicer(handlers, routes, api_key, drain, index, admin)
+    asyncio.run(_serve(conn, host, port, servicer, grace_s, models))
 
 
 async def _serve(

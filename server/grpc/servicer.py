@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from prometheus_client import Counter, Histogram
 
 from ..errors import ServingError, not_found
+from ..http.admin import AdminRoutes, check_admin_key
 from ..http.extensions import model_config, model_statistics
 from ..http.infer import InferHandler
 from ..http.replies import api_key_problem
@@ -63,9 +64,16 @@ class Servicer:
     """The service's methods; `index` is this process's slot in the drain counters."""
 
     def __init__(
-        self, handlers: Mapping[str, InferHandler], routes: Routes, api_key: str, drain: Drain, index: int
+        self,
+        handlers: Mapping[str, InferHandler],
+        routes: Routes,
+        api_key: str,
+        drain: Drain,
+        index: int,
+        admin: AdminRoutes | None = None,
     ) -> None:
         self.handlers, self.routes, self.api_key = dict(handlers), routes, api_key
+        self.admin = admin  # the repository extension, with the admin key (off without one)
         self.drain, self.index = drain, index
         self.metrics = GrpcMetrics()
         self._children: dict[tuple[str, str, str], Any] = {}
@@ -101,6 +109,13 @@ class Servicer:
             "ModelConfig": (self.model_config, pb.ModelConfigRequest, False, False),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest, False, False),
         }
+        if self.admin is not None and self.admin.admin_key:
+            # The admin key, not the inference key, guards these (checked in each method).
+            served |= {
+                "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, True, False),
+                "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest, True, False),
+                "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest, True, False),
+            }
         methods = {}
         for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
             if m.name in served:
@@ -124,6 +139,36 @@ class Servicer:
             grpc.method_handlers_generic_handler(SERVICE, methods),
             grpc.method_handlers_generic_handler(HEALTH, health),
         ]
+
+    # ---- the repository extension (admin key) ---------------------------------------------------
+    def _admin(self, context: Any) -> AdminRoutes:
+        assert self.admin is not None
+        check_admin_key(self.admin.admin_key, dict(context.invocation_metadata() or ()))
+        return self.admin
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        entries = self._admin(context).entries()
+        if request.ready:
+            entries = [e for e in entries if e["state"] == "READY"]
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=e["name"], version=e.get("version", ""), state=e["state"], reason=e["reason"]
+            )
+            for e in entries
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._admin(context).model_command(request.model_name, "load")
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._admin(context).model_command(request.model_name, "unload")
+        return pb.RepositoryModelUnloadResponse()
 
     # ---- health and metadata: the REST routes' answers ----------------------------------------
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:

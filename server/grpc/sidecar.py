@@ -40,8 +40,11 @@ class GrpcSidecar:
         board: Board,
         grace_s: float,
         start_timeout_s: float = 60.0,
+        admin_key: str = "",
+        admin_wait_s: float = 10.0,
     ) -> None:
         self.host, self.port, self.api_key = host, port, api_key
+        self.admin_key, self.admin_wait_s = admin_key, admin_wait_s
         self.models, self.board, self.grace_s = list(models), board, grace_s
         self.start_timeout_s = start_timeout_s
         self._proc: Any = None
@@ -51,7 +54,8 @@ class GrpcSidecar:
         """Forks the gRPC process and waits until it listens; raises GrpcStartError if it cannot."""
         ctx = mp.get_context("fork")
         conn, child_conn = ctx.Pipe()
-        args = (self.host, self.port, self.api_key, self.models, self.board, dict(handlers), drain, index, self.grace_s)
+        args: tuple[Any, ...] = (self.host, self.port, self.api_key, self.models, self.board, dict(handlers))
+        args += (drain, index, self.grace_s, self.admin_key, self.admin_wait_s)
         self._proc = ctx.Process(target=_child, args=(child_conn, *args), name="modeldock-grpc")
         self._proc.start()
         child_conn.close()

@@ -112,6 +112,10 @@ class AdminRoutes:
     async def index(self, request: Request) -> Response:
         """Every model of the store and every one served: versions, state, reason."""
         check_admin_key(self.admin_key, request.headers)
+        return _json(self.entries())
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The repository index (REST and gRPC): one entry per model of the store or served."""
         in_store = self.board.shared.get("store_models") or []
         listings = self.board.models()
         out = []
@@ -134,7 +138,14 @@ class AdminRoutes:
                 if record.note:
                     entry["reason"] = record.note
             out.append(entry)
-        return _json(out)
+        return out
+
+    async def model_command(self, name: str, action: str) -> None:
+        """A model's load or unload (REST and gRPC); raises ServingError when refused."""
+        outcome = await self._command(name, action)
+        if outcome:
+            code, _, why = outcome.partition(" ")
+            raise ServingError(int(code) if code.isdigit() else 409, why if code.isdigit() else outcome)
 
     async def model_act(self, request: Request, name: str, action: str) -> Response:
         check_admin_key(self.admin_key, request.headers)

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from model_store import ModelStore
 from tests.conftest import publish_tiny
-from tests.server.conftest import Load, ServerProcess, infer_body
+from tests.server.conftest import Load, ServerProcess, infer_body, reserve_port
 from tests.server.test_hot_reload import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +119,29 @@ def test_the_admin_api_and_cli_load_unload_and_pin(tmp_path: Path, start_server)
         [*cli, "models", "--url", "http://127.0.0.1:9", "--admin-key", "x"], capture_output=True, text=True, timeout=60
     )
     assert gone.returncode == 1 and "cannot reach" in gone.stderr
+
+
+def test_the_repository_extension_over_grpc_needs_the_admin_key(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    store = ModelStore(tmp_path / "models")
+    publish_tiny(store, "tiny")
+    holder = reserve_port()
+    port = holder.getsockname()[1]
+    config = {"poll_interval": 0.3, "admin_api_key": "admin-secret"}
+    server: ServerProcess = start_server(store.root, config, {"MODELDOCK_GRPC_PORT": str(port)})
+    server.wait_until("/v2/health/ready")
+    holder.close()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.get_model_repository_index()
+    index = client.get_model_repository_index(headers=ADMIN, as_json=True)
+    assert [(m["name"], m["state"]) for m in index["models"]] == [("tiny", "READY")]
+    client.unload_model("tiny", headers=ADMIN)
+    wait_for(lambda: answers(server, "tiny") == 404, "unloaded over gRPC")
+    with pytest.raises(InferenceServerException, match="not in the store"):
+        client.load_model("nothere", headers=ADMIN)
+    client.load_model("tiny", headers=ADMIN)
+    wait_for(lambda: answers(server, "tiny") == 200, "loaded again over gRPC", timeout=60)
+    client.close()
