@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import triton as tr
 from bench.common import PY, ServerProcess, free_port
-from bench.procs import children, holders, name, open_files, serves_unix_socket
+from bench.procs import children, holders, name, serves_unix_socket
 
 KINDS = ("baseline", "modeldock", "triton")
 
@@ -110,9 +110,9 @@ def roles(kind: str, root: int, port: int) -> dict[int, str]:
         elif pid == root:
             found[pid] = "main"
         elif "spawn_main" in cmd:
-            # Not every spawned child is a worker; a worker is one writing modeldock's metric files.
-            mine = any(f.endswith(f"_{pid}.db") for f in open_files(pid))
-            found[pid] = "inference worker" if mine else "spawned process"
+            # The bench's config has no pool (`pool_workers: 0`): every spawned child is a model's
+            # worker. (Telling them apart by their open metric files raced with their first write.)
+            found[pid] = "inference worker"
         elif serves_unix_socket(pid):  # LitServe's multiprocessing Manager (forked, like the HTTP servers)
             found[pid] = "queue manager"
         else:
