@@ -42,11 +42,17 @@ def rss_mib(pid: int) -> float:
         return 0.0
 
 
-def name(pid: int) -> str:
+def command_line(pid: int) -> str:
+    """The whole command line (roles are told from it: never cut it, paths vary in length)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return "?"
+
+
+def name(pid: int) -> str:
+    """The command line, cut for display."""
+    return command_line(pid)[:80]
 
 
 def _listening_inodes(port: int) -> set[int]:

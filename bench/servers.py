@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import triton as tr
 from bench.common import PY, ServerProcess, free_port
-from bench.procs import children, holders, name, serves_unix_socket
+from bench.procs import children, command_line, holders, serves_unix_socket
 
 KINDS = ("baseline", "modeldock", "triton")
 
@@ -100,7 +100,7 @@ def roles(kind: str, root: int, port: int) -> dict[int, str]:
     serving = holders(root, port)  # processes holding the listening socket
     found: dict[int, str] = {}
     for pid in sorted(children(root)):
-        cmd = name(pid)
+        cmd = command_line(pid)
         if "resource_tracker" in cmd:
             found[pid] = "resource tracker"
         elif kind == "triton":
