@@ -69,6 +69,7 @@ class InferHandler:
     ) -> None:
         self.cfg = cfg
         self.channel = channel or cfg.name  # the workers' name: the model's own, or the pool's
+        self._consumer: int | None = None
         self.observers = list(observers)
         self.requests, self.responses, self.process_index = requests, responses, process_index
         # The queue limit is per model; each HTTP process enforces its share without IPC.
@@ -208,8 +209,10 @@ class InferHandler:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _submit(self, work: Work) -> Outcome:
-        consumer = self.process_index()
-        self.responses.start_reading(consumer)
+        consumer = self._consumer
+        if consumer is None:  # known once this process serves; looked up once, not per request
+            consumer = self._consumer = self.process_index()
+            self.responses.start_reading(consumer)
         uid = self.responses.new_uid()
         waiting = self.responses.expect(uid, self.channel, self.cfg.inference_timeout_s)
         self.requests.put(Queued(consumer, uid, time.monotonic(), work))
