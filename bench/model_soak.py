@@ -244,35 +244,8 @@ def report(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
         _times("landing -> first 200", r["added_s"]),
         _times("removal -> 404", r["removed_s"]),
         f"- other answers to `{ADDED}` while waiting (0: no HTTP answer): {others}",
-        "",
-        f"RSS (MiB) of every server process after cycle {first['cycles']} and after cycle {last['cycles']}:",
-        "",
-        f"| process | after the first | after the last | change | within {WITHIN:g}% |",
-        "|---|---|---|---|---|",
     ]
-    for role, before in first["rss_mib"].items():
-        after = last["rss_mib"].get(role)
-        if after is None:
-            lines.append(f"| {role} | {before:.1f} | gone | | no |")
-            continue
-        change = 100 * (after / before - 1) if before else float("nan")
-        flat = "yes" if abs(change) <= WITHIN else "**no**"
-        lines.append(f"| {role} | {before:.1f} | {after:.1f} | {change:+.1f}% | {flat} |")
-    total = [sum(s["rss_mib"].values()) for s in (first, last)]
-    lines.append(f"| all | {total[0]:.1f} | {total[1]:.1f} | {100 * (total[1] / total[0] - 1):+.1f}% | |")
-    if first["pids"] != last["pids"]:
-        lines += ["", "A server process was replaced during the run (PIDs differ): its figures compare two processes."]
-    roles_seen = list(first["rss_mib"])
-    lines += [
-        "",
-        f"Trend (RSS MiB, every {args.every} cycles):",
-        "",
-        "| cycles | s | " + " | ".join(roles_seen) + " |",
-        "|---|---|" + "---|" * len(roles_seen),
-    ]
-    for s in samples:
-        cells = " | ".join(f"{s['rss_mib'].get(k, float('nan')):.1f}" for k in roles_seen)
-        lines.append(f"| {s['cycles']} | {s['t_s']:.0f} | {cells} |")
+    lines += ["", *sections.rss_tables(first, last, samples, WITHIN, "cycles", args.every)]
     return "\n".join(lines) + "\n"
 
 

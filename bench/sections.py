@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -37,3 +38,44 @@ def write_keeping(path: Path, text: str) -> None:
     old = sections(path.read_text()) if path.exists() else {}
     kept = [block for name, block in old.items() if name not in sections(text)]
     path.write_text(text.rstrip("\n") + "".join(f"\n\n{block}" for block in kept) + "\n")
+
+
+def rss_tables(
+    first: dict[str, Any],
+    last: dict[str, Any],
+    samples: list[dict[str, Any]],
+    within_pct: float,
+    count: str,
+    every: int,
+) -> list[str]:
+    """Markdown for a soak's memory: each process's RSS after the first and the last step (samples
+    carry `rss_mib` by role, `pids`, `t_s` and the step count under `count`), then the trend."""
+    one = count.removesuffix("s")  # "cycle", "promotion"
+    lines = [
+        f"RSS (MiB) of every server process after {one} {first[count]} and after {one} {last[count]}:",
+        "",
+        f"| process | after the first | after the last | change | within {within_pct:g}% |",
+        "|---|---|---|---|---|",
+    ]
+    for role, before in first["rss_mib"].items():
+        after = last["rss_mib"].get(role)
+        if after is None:
+            lines.append(f"| {role} | {before:.1f} | gone | | no |")
+            continue
+        change = 100 * (after / before - 1) if before else float("nan")
+        flat = "yes" if abs(change) <= within_pct else "**no**"
+        lines.append(f"| {role} | {before:.1f} | {after:.1f} | {change:+.1f}% | {flat} |")
+    total = [sum(s["rss_mib"].values()) for s in (first, last)]
+    lines.append(f"| all | {total[0]:.1f} | {total[1]:.1f} | {100 * (total[1] / total[0] - 1):+.1f}% | |")
+    if set(first["pids"]) != set(last["pids"]):
+        lines += [
+            "",
+            "A server process was replaced during the run (its PID changed): its figures compare two processes.",
+        ]
+    roles = list(first["rss_mib"])
+    lines += ["", f"Trend (RSS MiB, every {every} {count}):", "", f"| {count} | s | " + " | ".join(roles) + " |"]
+    lines.append("|---|---|" + "---|" * len(roles))
+    for s in samples:
+        cells = " | ".join(f"{s['rss_mib'].get(k, float('nan')):.1f}" for k in roles)
+        lines.append(f"| {s[count]} | {s['t_s']:.0f} | {cells} |")
+    return lines

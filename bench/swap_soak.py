@@ -143,41 +143,8 @@ def report(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["decisions"].items())),
         f"- landing -> answering: median {statistics.median(times):.1f} s, p95 "
         f"{times[min(len(times) - 1, int(0.95 * len(times)))]:.1f} s, max {times[-1]:.1f} s",
-        "",
-        f"RSS (MiB) of every server process after promotion {first['promotions']} and after promotion "
-        f"{last['promotions']}:",
-        "",
-        "| process | after the first | after the last | change | within 5% |",
-        "|---|---|---|---|---|",
     ]
-    restarted = set(first["pids"]) != set(last["pids"])
-    for role, before in first["rss_mib"].items():
-        after = last["rss_mib"].get(role)
-        if after is None:
-            lines.append(f"| {role} | {before:.1f} | gone | | no |")
-            continue
-        change = 100 * (after / before - 1) if before else float("nan")
-        lines.append(
-            f"| {role} | {before:.1f} | {after:.1f} | {change:+.1f}% | {'yes' if abs(change) <= 5 else '**no**'} |"
-        )
-    total = [sum(s["rss_mib"].values()) for s in (first, last)]
-    lines.append(f"| all | {total[0]:.1f} | {total[1]:.1f} | {100 * (total[1] / total[0] - 1):+.1f}% | |")
-    if restarted:
-        lines += [
-            "",
-            "A server process was replaced during the run (its PID changed): its figures compare two processes.",
-        ]
-    roles_seen = list(first["rss_mib"])
-    lines += [
-        "",
-        f"Trend (RSS MiB, every {args.every} promotions):",
-        "",
-        "| promotions | s | " + " | ".join(roles_seen) + " |",
-        "|---|---|" + "---|" * len(roles_seen),
-    ]
-    for s in samples:
-        cells = " | ".join(f"{s['rss_mib'].get(k, float('nan')):.1f}" for k in roles_seen)
-        lines.append(f"| {s['promotions']} | {s['t_s']:.0f} | {cells} |")
+    lines += ["", *sections.rss_tables(first, last, samples, 5, "promotions", args.every)]
     return "\n".join(lines) + "\n"
 
 

@@ -113,27 +113,28 @@ class Edge:
             counter.value -= 1
 
     async def _infer_v1(self, handler: InferHandler, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        problem = api_key_problem(self.api_key, headers)
-        if problem is not None:
-            await _send(send, error_reply(problem))
-            return
-        try:
-            reply = await handler.reply_v1(_body(receive), headers)
-        except ClientGone:
-            return
-        await _send(send, reply)
+        await self._answer(scope, receive, send, lambda body, headers: handler.reply_v1(body, headers))
 
     async def _infer(
         self, handler: InferHandler, version: str | None, label: str | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        await self._answer(scope, receive, send, lambda body, headers: handler.reply(body, headers, version, label))
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        reply: Callable[[AsyncIterator[bytes], dict[str, str]], Awaitable[Reply]],
+    ) -> None:
+        """The API key, then the handler's reply; nothing is sent to a client that left."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         problem = api_key_problem(self.api_key, headers)
         if problem is not None:
             await _send(send, error_reply(problem))
             return
         try:
-            reply = await handler.reply(_body(receive), headers, version, label)
+            answer = await reply(_body(receive), headers)
         except ClientGone:
             return
-        await _send(send, reply)
+        await _send(send, answer)
