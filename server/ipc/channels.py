@@ -4,10 +4,14 @@
   blocking (a full pipe is finished by `add_writer`), read by the model's workers, which block
   in `get` while idle. (`multiprocessing.Queue` hands each put to a feeder thread, which waits up
   to a GIL switch interval, 5 ms, in a busy HTTP process; a Manager queue costs an IPC round
-  trip per put and get.)
+  trip per put and get.) The requests put in one turn of the event loop go out in one write,
+  and a model's only worker reads whatever is queued in one read.
 - `ResponseChannels`: one pipe per (HTTP process, worker); a worker sends a whole batch's
   answers for one HTTP process as one message; that process reads on its event loop
-  (`add_reader`) and completes each request's future directly.
+  (`add_reader`), all that is there in one read, and completes each request's future directly.
+
+Messages cross as pickled tuples of builtins (`messages.pack_*`), framed as
+`multiprocessing.Connection` frames them (a 4-byte length), so a `Connection` can read them.
 
 Both are made by the supervisor before any process starts, and inherited or unpickled by them.
 """
@@ -15,22 +19,27 @@ Both are made by the supervisor before any process starts, and inherited or unpi
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing as mp
 import os
 import pickle
+import select
 import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from queue import Empty
 from typing import Any
 
-from .messages import Answer, Outcome, Queued
+from .messages import Answer, Outcome, Queued, pack_answers, pack_queued, unpack_answers, unpack_queued
 
+log = logging.getLogger(__name__)
 # Spawn-context objects can be handed to spawned workers and inherited by forked HTTP processes.
 _CTX = mp.get_context("spawn")
 _MAX_FRAME = 0x7FFFFFFF
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's framing
+_READ_SIZE = 1 << 20
 _NOTHING = object()
 
 
@@ -38,7 +47,27 @@ def _frame(item: Any) -> bytes:
     data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
     if len(data) > _MAX_FRAME:
         raise ValueError("message too large for the queue")
-    return struct.pack("!i", len(data)) + data  # multiprocessing.Connection's framing
+    return _HEADER.pack(len(data)) + data
+
+
+class FrameReader:
+    """Whole messages out of a byte stream that arrives in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buffer = self._buffer
+        buffer += data
+        messages, at, end = [], 0, len(buffer)
+        while end - at >= 4:
+            (size,) = _HEADER.unpack_from(buffer, at)
+            if end - at - 4 < size:
+                break  # the rest of this frame is still on its way
+            messages.append(pickle.loads(memoryview(buffer)[at + 4 : at + 4 + size]))
+            at += 4 + size
+        del buffer[:at]
+        return messages
 
 
 class RequestChannel:
@@ -55,10 +84,17 @@ class RequestChannel:
         self._out = bytearray()  # this producer's unsent bytes (never pickled)
         self._fd = -1
         self._waiting_writable = False
+        self._flush_due = False
+        self._poller: Any = None  # a consumer's select.poll over the pipes (made where it reads)
+        self._received: deque[Any] = deque()  # a sole consumer's messages read ahead
+        self._partial: dict[int, FrameReader] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_out=bytearray(), _fd=-1, _waiting_writable=False)
+        state.update(
+            _out=bytearray(), _fd=-1, _waiting_writable=False, _flush_due=False,
+            _poller=None, _received=deque(), _partial={},
+        )  # fmt: skip
         return state
 
     # ---- producer side: an HTTP process's event loop ---------------------------------------
@@ -66,11 +102,17 @@ class RequestChannel:
         if self._fd < 0:
             self._fd = self._writers[item.consumer].fileno()
             os.set_blocking(self._fd, False)
-        self._out += _frame(item)
-        if not self._waiting_writable:
-            self._flush()  # at once: a later loop iteration would add latency at low load
+        self._out += _frame(pack_queued(item))
+        if not self._waiting_writable and not self._flush_due:
+            # At the end of this loop turn: the requests of one turn (many at high load) go in
+            # one write and wake the worker once; at low load this costs a few microseconds.
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_due = False
+        if not self._out:
+            return
         try:
             sent = os.write(self._fd, self._out)
         except BlockingIOError:
@@ -87,35 +129,47 @@ class RequestChannel:
     # ---- consumer side: a worker ----------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Queued:
         """The next request; raises `queue.Empty` when none came within `timeout`."""
+        if self._received:
+            return unpack_queued(self._received.popleft())
         wait_s = timeout if block else 0.0
         deadline = None if wait_s is None else time.monotonic() + wait_s
+        if self._poller is None:
+            self._poller = select.poll()
+            for conn in self._readers:
+                self._poller.register(conn.fileno(), select.POLLIN)
         while True:
             # Wait without the lock: a worker killed while waiting must not leave it held.
-            if len(self._readers) == 1:  # one HTTP process: a single poll() instead of a selector
-                ready = self._readers if self._readers[0].poll(wait_s) else []
-            else:
-                ready = wait(self._readers, wait_s)  # type: ignore[assignment]
-            if not ready:
+            events = self._poller.poll(None if wait_s is None else max(0, int(wait_s * 1000 + 0.999)))
+            if not events:
                 raise Empty
-            item = self._take(ready)
+            item = self._take([fd for fd, _ in events])
             if item is not _NOTHING:
-                return Queued(*item)
-            if deadline is not None:  # another worker took it; wait for the rest of the time
+                return unpack_queued(item)
+            if deadline is not None:  # another worker took it, or half a frame came; wait on
                 wait_s = deadline - time.monotonic()
                 if wait_s <= 0:
                     raise Empty
 
-    def _take(self, ready: list[Connection]) -> Any:
-        """Receive one message from a ready pipe; with several workers, one at a time."""
+    def _take(self, ready: list[int]) -> Any:
+        """One message from a ready pipe. The model's only worker reads all that is queued at
+        once (the rest waits in `_received`); several workers take one message at a time."""
         # Rotate the starting pipe so one busy HTTP process cannot starve the others.
         self._next = (self._next + 1) % len(ready)
         order = ready[self._next :] + ready[: self._next]
         if self._read_lock is None:  # the model's only worker: nobody to race with
-            return order[0].recv()
+            for fd in order:
+                reader = self._partial.setdefault(fd, FrameReader())
+                try:
+                    self._received.extend(reader.feed(os.read(fd, _READ_SIZE)))
+                except Exception:  # a worker before this one died mid-frame: resynchronise
+                    log.error("dropped a garbled request stream; its requests time out")
+                    self._partial[fd] = FrameReader()
+            return self._received.popleft() if self._received else _NOTHING
         with self._read_lock:  # held only while a message is read, never while waiting
-            for conn in order:
-                if conn.poll(0):
-                    return conn.recv()
+            by_fd = {conn.fileno(): conn for conn in self._readers}
+            for fd in order:
+                if by_fd[fd].poll(0):
+                    return by_fd[fd].recv()
         return _NOTHING
 
 
@@ -148,7 +202,10 @@ class ResponseChannels:
 
     # ---- worker side ------------------------------------------------------------------------
     def send(self, consumer: int, writer: tuple[str, int], answers: list[Answer]) -> None:
-        self._writers[consumer][self._slots[writer]].send(answers)
+        data = memoryview(_frame(pack_answers(answers)))
+        fd = self._writers[consumer][self._slots[writer]].fileno()
+        while data:  # a blocking pipe: a large message goes in as the reader makes room
+            data = data[os.write(fd, data) :]
 
     # ---- HTTP process side ----------------------------------------------------------------
     def start_reading(self, consumer: int) -> None:
@@ -158,8 +215,9 @@ class ResponseChannels:
         self._reading = True
         loop = asyncio.get_running_loop()
         for (model, _), i in self._slots.items():
-            reader = self._readers[consumer][i]
-            loop.add_reader(reader.fileno(), self._drain, reader, model, model in self._single)
+            fd = self._readers[consumer][i].fileno()
+            os.set_blocking(fd, False)  # read on the event loop: never wait for the rest
+            loop.add_reader(fd, self._drain, fd, FrameReader(), model, model in self._single)
 
     def new_uid(self) -> int:
         """Request ids: unique within this HTTP process (which owns the answers), across models."""
@@ -189,18 +247,24 @@ class ResponseChannels:
         if not future.done():
             future.set_exception(TimeoutError())
 
-    def _drain(self, reader: Connection, model: str, in_order: bool) -> None:
+    def _drain(self, fd: int, frames: FrameReader, model: str, in_order: bool) -> None:
         try:
-            while reader.poll():
-                answers: list[Answer] = reader.recv()
-                for uid, outcome in answers:
-                    future = self._waiters.pop(uid, None)
-                    if future is not None and not future.done():
-                        future.set_result(outcome)
-                if answers and in_order:
-                    self._fail_older(model, answers[-1][0])
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(reader.fileno())
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # every writer closed: nothing more comes on this pipe
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        for packed in frames.feed(data):
+            answers = unpack_answers(packed)
+            for uid, outcome in answers:
+                future = self._waiters.pop(uid, None)
+                if future is not None and not future.done():
+                    future.set_result(outcome)
+            if answers and in_order:
+                self._fail_older(model, answers[-1][0])
 
     def _fail_older(self, model: str, answered: int) -> None:
         """A model's only worker answers in submission order: an answer to `answered` means every

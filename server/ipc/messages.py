@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
+
+import numpy as np
 
 from model_store.manifest import Manifest
 from model_store.runtimes import Tensors
@@ -47,6 +50,55 @@ class Queued(NamedTuple):
 
 
 Answer = tuple[int, Outcome]  # (uid, outcome); a worker sends a batch's answers as one list
+
+
+# ---- on the wire: plain tuples ---------------------------------------------------------------
+# Pickling a dataclass or a numpy array goes through `__reduce__` and copyreg: ~9 us to pickle a
+# one-row request and ~3 us per answer, against ~0.5 us for a tuple of builtins. The channels
+# pickle these tuples instead; the rest of the server only sees the types above.
+
+
+def pack_tensors(tensors: Mapping[str, np.ndarray[Any, Any]] | None) -> tuple[Any, ...] | None:
+    """Each array as (name, dtype, shape, its bytes); object arrays (BYTES) stay arrays."""
+    if tensors is None:
+        return None
+    return tuple(
+        (name, a) if a.dtype.hasobject else (name, a.dtype.str, a.shape, bytearray(np.ascontiguousarray(a)))
+        for name, a in tensors.items()
+    )
+
+
+def unpack_tensors(packed: tuple[Any, ...] | None) -> dict[str, np.ndarray[Any, Any]] | None:
+    if packed is None:
+        return None
+    # A bytearray makes a writable array without another copy (bytes would make it read-only).
+    return {p[0]: p[1] if len(p) == 2 else np.frombuffer(p[3], dtype=p[1]).reshape(p[2]) for p in packed}
+
+
+def pack_queued(q: Queued) -> tuple[Any, ...]:
+    w, r = q.work, q.work.request
+    request = (pack_tensors(r.inputs), r.id, r.outputs, r.binary, r.binary_default, r.rows)
+    return (q.consumer, q.uid, q.enqueued_at, request, w.version, w.label, w.model, w.instances)
+
+
+def unpack_queued(t: tuple[Any, ...]) -> Queued:
+    consumer, uid, enqueued_at, (inputs, rid, outputs, binary, binary_default, rows), *work = t
+    request = InferRequest(unpack_tensors(inputs) or {}, rid, outputs, binary, binary_default, rows)
+    return Queued(consumer, uid, enqueued_at, Work(request, *work))
+
+
+def pack_answers(answers: list[Answer]) -> list[tuple[Any, ...]]:
+    return [
+        (uid, o.status, o.version, pack_tensors(o.outputs), o.error, o.queue_s, o.infer_s, o.batch_rows, o.payload)
+        for uid, o in answers
+    ]
+
+
+def unpack_answers(packed: list[tuple[Any, ...]]) -> list[Answer]:
+    return [
+        (uid, Outcome(status, version, unpack_tensors(outputs), *rest))
+        for uid, status, version, outputs, *rest in packed
+    ]
 
 
 @dataclass(frozen=True)

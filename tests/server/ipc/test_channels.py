@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
+import struct
 from queue import Empty
 
 import numpy as np
@@ -101,3 +103,63 @@ def test_with_several_workers_per_model_out_of_order_answers_are_not_losses() ->
         assert not responses._in_order  # nothing tracked for in-order loss detection
 
     asyncio.run(run())
+
+
+def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
+    from server.ipc.channels import FrameReader, _frame
+
+    stream = b"".join(_frame(("message", i, bytearray(i * 100))) for i in range(20))
+    reader, got = FrameReader(), []
+    for at in range(0, len(stream), 37):  # pieces that cut headers and bodies alike
+        got += reader.feed(stream[at : at + 37])
+    assert [m[1] for m in got] == list(range(20)) and all(len(m[2]) == m[1] * 100 for m in got)
+
+
+def test_requests_and_answers_cross_with_every_field_and_writable_arrays() -> None:
+    from server.ipc.messages import pack_answers, pack_queued, unpack_answers, unpack_queued
+
+    texts = np.array([[b"a", b"bc"]], dtype=object)
+    floats = np.arange(6, dtype=np.float64).reshape(3, 2)[:, ::-1]  # not contiguous
+    request = InferRequest({"t": texts, "x": floats}, "id-1", ["y"], {"y": True}, True, 3)
+    back = unpack_queued(pack_queued(Queued(1, 7, 2.5, Work(request, 4, "stable", "m", [[1, 2]]))))
+    assert (back.consumer, back.uid, back.enqueued_at) == (1, 7, 2.5)
+    assert (back.work.version, back.work.label, back.work.model, back.work.instances) == (4, "stable", "m", [[1, 2]])
+    got = back.work.request
+    assert (got.id, got.outputs, got.binary, got.binary_default, got.rows) == ("id-1", ["y"], {"y": True}, True, 3)
+    assert got.inputs["t"].tolist() == [[b"a", b"bc"]] and np.array_equal(got.inputs["x"], floats)
+    assert got.inputs["x"].flags.writeable  # a runtime may write into its input (torch warns otherwise)
+    outcome = Outcome(200, 2, {"y": floats}, "", 0.1, 0.2, 3, {"p": 1})
+    [(uid, answer)] = unpack_answers(pack_answers([(9, outcome)]))
+    assert uid == 9 and np.array_equal(answer.outputs["y"], floats)  # type: ignore[index]
+    assert (answer.status, answer.version, answer.queue_s, answer.infer_s, answer.batch_rows, answer.payload) == (
+        200, 2, 0.1, 0.2, 3, {"p": 1}
+    )  # fmt: skip
+
+
+def test_requests_put_in_one_loop_turn_reach_the_worker_in_one_read() -> None:
+    channel = RequestChannel(producers=1, consumers=1)
+
+    async def produce() -> None:
+        for uid in range(5):
+            channel.put(queued(uid))
+        assert channel._out, "nothing is written before the loop turn ends"
+        await asyncio.sleep(0)
+        assert not channel._out
+
+    asyncio.run(produce())
+    assert channel.get(timeout=1).uid == 0
+    assert len(channel._received) == 4  # read ahead in the same read
+    assert [channel.get(timeout=1).uid for _ in range(4)] == [1, 2, 3, 4]
+
+
+def test_a_garbled_request_stream_is_dropped_and_the_next_request_is_served() -> None:
+    channel = RequestChannel(producers=1, consumers=1)
+    os.write(channel._writers[0].fileno(), struct.pack("!i", 5) + b"\x00garb")  # a dead worker's half-read
+
+    async def produce() -> None:
+        channel.put(queued(1))
+
+    with pytest.raises(Empty):
+        channel.get(timeout=0.1)
+    asyncio.run(produce())
+    assert channel.get(timeout=1).uid == 1
