@@ -35,7 +35,9 @@ import uvicorn.server
 from fastapi import FastAPI
 from litserve.loops.base import LitLoop
 from litserve.transport.base import MessageTransport
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .http.wire import edge_protocol
 from .ipc.channels import RequestChannel, ResponseChannels
 from .ipc.drain import stop_process
 from .worker.process import ModelWorker, WorkerPlan
@@ -78,7 +80,9 @@ CONTRACT: tuple[Hook, ...] = (
     Hook(
         "inference_worker", "__call__", ("lit_api", "device", "worker_id", "request_queue", "transport"), _PROCESS_INDEX
     ),
-    Hook("FastAPI", "build_middleware_stack"),
+    # uvicorn's, reached through LitServer.run's keyword arguments (http/wire.py subclasses it).
+    Hook("HttpToolsProtocol", "__init__", ("config", "server_state", "app_state"), "self.app = config.loaded_app"),
+    Hook("HttpToolsProtocol", "connection_made", ("transport",), "self.transport = transport"),
 )
 
 
@@ -91,7 +95,7 @@ def _litserve_parts() -> dict[str, Any]:
         "_Server": litserve.server._Server,
         "response_queue_to_buffer": litserve.server.response_queue_to_buffer,
         "inference_worker": litserve.loops.loops.inference_worker,
-        "FastAPI": FastAPI,
+        "HttpToolsProtocol": HttpToolsProtocol,
     }
 
 
@@ -223,10 +227,6 @@ class _Server(ls.LitServer):  # type: ignore[misc]
         if missing:
             raise LitServeContractError(f"LitServer no longer sets {missing}")
         self.uvicorn_graceful_timeout = wiring.grace_s
-        build = self.app.build_middleware_stack
-        # Outermost, outside Starlette's error and FastAPI's middlewares (`add_middleware` would
-        # put it inside them).
-        self.app.build_middleware_stack = lambda: wiring.wrap_app(build())
         wiring.register_routes(self.app)
 
     def _register_internal_endpoints(self) -> None:
@@ -330,4 +330,5 @@ class LitServeHost:
             log_level="warning",
             generate_client_file=False,  # LitServe would write client.py into the working directory
             proxy_headers=False,  # one ASGI layer less per request; nothing here reads client addresses
+            http=edge_protocol(self.wiring.wrap_app),  # our edge outermost; one write per response
         )

@@ -34,8 +34,7 @@ def setup_multiprocess(cache_dir: str) -> Path:
     folder = root / f"{os.getpid()}-{secrets.token_hex(4)}"
     folder.mkdir()
     os.environ[ENV] = str(folder)
-    # prometheus-client picks its value storage when first imported; switch it now.
-    prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()  # type: ignore[no-untyped-call]
+    _use_multiprocess_values()
     owner = os.getpid()
 
     def remove_own_folder() -> None:
@@ -44,6 +43,31 @@ def setup_multiprocess(cache_dir: str) -> Path:
 
     atexit.register(remove_own_folder)
     return folder
+
+
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+def _cached_pid() -> int:
+    return _pid
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _use_multiprocess_values() -> None:
+    """Values in this instance's files. prometheus-client picks its value storage when first
+    imported: switch it now. It asks for the pid on every update to notice a fork, and
+    `os.getpid()` is a system call (3-4 per request); a pid cached and renewed at fork is as
+    correct."""
+    prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue(  # type: ignore[no-untyped-call]
+        process_identifier=_cached_pid
+    )
 
 
 def _remove_dead_instances(root: Path) -> None:
@@ -156,6 +180,8 @@ def metrics() -> Metrics:
     """This process's metric objects, made on first use (after the process knows its folder)."""
     global _metrics
     if _metrics is None:
+        if ENV in os.environ:  # a spawned worker imported prometheus-client with the folder set
+            _use_multiprocess_values()
         _metrics = Metrics()
     return _metrics
 

@@ -222,3 +222,23 @@ class FakeAnswers:
 
     def send(self, consumer: int, writer: tuple[str, int], answers: list[object]) -> None:
         self.sent.append((consumer, writer, answers))
+
+
+class RecordingTransport:
+    """An asyncio transport that records each write (for the one-write wire, server/http/wire.py)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5)}.get(name, default)

@@ -27,7 +27,7 @@ import select
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from queue import Empty
 from typing import Any
@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")
 _MAX_FRAME = 0x7FFFFFFF
 _HEADER = struct.Struct("!i")  # multiprocessing.Connection's framing
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16  # a pipe's buffer; larger reads allocate (mmap) and free a buffer each time
 _NOTHING = object()
+SWEEP_S = 0.1  # how often an HTTP process looks for requests past their inference timeout
 
 
 def _frame(item: Any) -> bytes:
@@ -85,6 +86,7 @@ class RequestChannel:
         self._fd = -1
         self._waiting_writable = False
         self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the producer's (asking costs a getpid)
         self._poller: Any = None  # a consumer's select.poll over the pipes (made where it reads)
         self._received: deque[Any] = deque()  # a sole consumer's messages read ahead
         self._partial: dict[int, FrameReader] = {}
@@ -92,7 +94,7 @@ class RequestChannel:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _out=bytearray(), _fd=-1, _waiting_writable=False, _flush_due=False,
+            _out=bytearray(), _fd=-1, _waiting_writable=False, _flush_due=False, _loop=None,
             _poller=None, _received=deque(), _partial={},
         )  # fmt: skip
         return state
@@ -102,12 +104,13 @@ class RequestChannel:
         if self._fd < 0:
             self._fd = self._writers[item.consumer].fileno()
             os.set_blocking(self._fd, False)
+            self._loop = asyncio.get_running_loop()
         self._out += _frame(pack_queued(item))
         if not self._waiting_writable and not self._flush_due:
             # At the end of this loop turn: the requests of one turn (many at high load) go in
             # one write and wake the worker once; at low load this costs a few microseconds.
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -118,7 +121,8 @@ class RequestChannel:
         except BlockingIOError:
             sent = 0
         del self._out[:sent]
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         if self._out and not self._waiting_writable:
             self._waiting_writable = True
             loop.add_writer(self._fd, self._flush)
@@ -194,10 +198,14 @@ class ResponseChannels:
         self._in_order: dict[str, deque[tuple[int, asyncio.Future[Outcome]]]] = {}
         self._reading = False
         self._last_uid = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: list[tuple[float, int, asyncio.Future[Outcome]]] = []
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_waiters={}, _in_order={}, _reading=False)  # workers never complete futures
+        # Workers never complete futures.
+        state.update(_waiters={}, _in_order={}, _reading=False, _loop=None, _deadlines=[], _sweep=None)
         return state
 
     # ---- worker side ------------------------------------------------------------------------
@@ -213,7 +221,7 @@ class ResponseChannels:
         if self._reading:
             return
         self._reading = True
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid
         for (model, _), i in self._slots.items():
             fd = self._readers[consumer][i].fileno()
             os.set_blocking(fd, False)  # read on the event loop: never wait for the rest
@@ -224,28 +232,33 @@ class ResponseChannels:
         self._last_uid += 1
         return self._last_uid
 
-    def expect(self, uid: int, model: str, timeout: float) -> Callable[[], Any]:
-        """Register a future for `uid`; returns a coroutine factory that waits up to `timeout`
-        and raises TimeoutError or WorkerLost."""
-        loop = asyncio.get_running_loop()
+    def expect(self, uid: int, model: str, timeout: float) -> Callable[[], Awaitable[Outcome]]:
+        """Register a future for `uid`; returns what to await: the outcome, or TimeoutError
+        after `timeout` (give or take `SWEEP_S`), or WorkerLost."""
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._waiters[uid] = future
+        # One sweep timer for every request instead of a timer armed and cancelled per request.
+        self._deadlines.append((loop.time() + timeout, uid, future))
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_S, self._expire, loop)
         if model in self._single:  # only a model's only worker answers in order
             self._in_order.setdefault(model, deque()).append((uid, future))
+        return lambda: future
 
-        async def wait_for() -> Outcome:
-            handle = loop.call_later(timeout, self._expire, uid, future)
-            try:
-                return await future
-            finally:
-                handle.cancel()
-
-        return wait_for
-
-    def _expire(self, uid: int, future: asyncio.Future[Outcome]) -> None:
-        self._waiters.pop(uid, None)
-        if not future.done():
-            future.set_exception(TimeoutError())
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now, waiting = loop.time(), []
+        for entry in self._deadlines:
+            deadline, uid, future = entry
+            if future.done():
+                continue
+            if deadline > now:
+                waiting.append(entry)
+            else:
+                self._waiters.pop(uid, None)
+                future.set_exception(TimeoutError())
+        self._deadlines = waiting
+        self._sweep = loop.call_later(SWEEP_S, self._expire, loop) if waiting else None
 
     def _drain(self, fd: int, frames: FrameReader, model: str, in_order: bool) -> None:
         try:

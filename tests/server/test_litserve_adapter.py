@@ -23,7 +23,7 @@ def test_every_hook_the_adapter_overrides_or_calls_is_in_the_contract() -> None:
     named = {(h.owner, h.name) for h in adapter.CONTRACT}
     for hook in ("_init_manager", "_perform_graceful_shutdown", "_start_server", "_register_internal_endpoints"):
         assert ("LitServer", hook) in named
-    assert ("LitLoop", "run") in named and ("FastAPI", "build_middleware_stack") in named
+    assert ("LitLoop", "run") in named and ("HttpToolsProtocol", "connection_made") in named
 
 
 def _parts_without(owner: str, hook: str) -> dict[str, object]:
