@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from ..errors import ServingError
@@ -23,8 +23,15 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+Body = bytes | AsyncIterator[bytes]
+Route = Callable[[Body, Mapping[str, str]], Awaitable[Reply]]
+
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
 _V1_PREFIX, _V1_SUFFIX = "/v1/models/", ":predict"
+
+
+def _shutting_down() -> Reply:
+    return error_reply(ServingError(503, "server is shutting down; retry on another replica", {"connection": "close"}))
 
 
 class ClientGone(Exception):
@@ -77,30 +84,61 @@ class Edge:
                 return self.directory.handler(name), None, value
         return None, None, None
 
+    def infer_route(self, path: str) -> Route | None:
+        """For a POST to `path`: the reply of a served model's infer route (v2, or v1
+        `:predict`) as a function of body and headers; None for every other path."""
+        if path.startswith(_V1_PREFIX) and path.endswith(_V1_SUFFIX):
+            handler = self.directory.handler(path[len(_V1_PREFIX) : -len(_V1_SUFFIX)])
+            if handler is not None:
+                return handler.reply_v1
+        if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+            handler, version, label = self._route(path)
+            if handler is not None:
+                return lambda body, headers: handler.reply(body, headers, version, label)
+        return None
+
+    def inflight(self) -> Any:
+        """This process's count of requests in flight (the supervisor waits for it to drain)."""
+        if self._counter is None:  # the process index is known once the process serves
+            self._counter = self.drain.inflight[self.process_index()]
+        return self._counter
+
+    async def answer(self, route: Route, body: Body, headers: Mapping[str, str]) -> Reply:
+        """A request of an infer route, counted in flight: 503 while draining, the API key, the
+        handler's reply. Also called by the HTTP protocol's fast path (http/wire.py)."""
+        if self.drain.flag.is_set():
+            return _shutting_down()
+        counter = self.inflight()
+        counter.value += 1
+        try:
+            problem = api_key_problem(self.api_key, headers)
+            if problem is not None:
+                return error_reply(problem)
+            return await route(body, headers)
+        finally:
+            counter.value -= 1
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self.drain.flag.is_set() and path != "/v2/health/live":
-            error = ServingError(503, "server is shutting down; retry on another replica", {"connection": "close"})
-            await _send(send, error_reply(error))
+        route = self.infer_route(path) if scope["method"] == "POST" else None
+        if route is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            try:
+                reply = await self.answer(route, _body(receive), headers)
+            except ClientGone:  # nothing is sent to a client that left
+                return
+            await _send(send, reply)
             return
-        if self._counter is None:  # the process index is known once the process serves
-            self._counter = self.drain.inflight[self.process_index()]
-        counter = self._counter
+        if self.drain.flag.is_set() and path != "/v2/health/live":
+            await _send(send, _shutting_down())
+            return
+        counter = self.inflight()
         counter.value += 1
         try:
-            if scope["method"] == "POST" and path.startswith(_V1_PREFIX) and path.endswith(_V1_SUFFIX):
-                handler = self.directory.handler(path[len(_V1_PREFIX) : -len(_V1_SUFFIX)])
-                if handler is not None:
-                    await self._infer_v1(handler, scope, receive, send)
-                    return
             if scope["method"] == "POST" and path.startswith(_PREFIX) and path.endswith(_SUFFIX):
-                handler, version, label = self._route(path)
-                if handler is not None:
-                    await self._infer(handler, version, label, scope, receive, send)
-                    return
                 name = path[len(_PREFIX) :].partition("/")[0]
                 if name in self.directory.static_names:
                     # Unloaded or removed while serving: answered here, since the app behind
@@ -111,30 +149,3 @@ class Edge:
             await self.app(scope, receive, send)
         finally:
             counter.value -= 1
-
-    async def _infer_v1(self, handler: InferHandler, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._answer(scope, receive, send, lambda body, headers: handler.reply_v1(body, headers))
-
-    async def _infer(
-        self, handler: InferHandler, version: str | None, label: str | None, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        await self._answer(scope, receive, send, lambda body, headers: handler.reply(body, headers, version, label))
-
-    async def _answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        reply: Callable[[AsyncIterator[bytes], dict[str, str]], Awaitable[Reply]],
-    ) -> None:
-        """The API key, then the handler's reply; nothing is sent to a client that left."""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        problem = api_key_problem(self.api_key, headers)
-        if problem is not None:
-            await _send(send, error_reply(problem))
-            return
-        try:
-            answer = await reply(_body(receive), headers)
-        except ClientGone:
-            return
-        await _send(send, answer)

@@ -82,7 +82,11 @@ class InferHandler:
         self.max_elements = max(1, cfg.max_request_bytes)
 
     async def reply(
-        self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], version: str | None, label: str | None = None
+        self,
+        chunks: bytes | AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        version: str | None,
+        label: str | None = None,
     ) -> Reply:
         started, wall = time.perf_counter(), time.time_ns()
         seen: dict[str, Any] = {}  # what the observers get to see of this request
@@ -142,7 +146,7 @@ class InferHandler:
 
     async def _reply(
         self,
-        chunks: AsyncIterator[bytes],
+        chunks: bytes | AsyncIterator[bytes],
         headers: Mapping[str, str],
         version: str | None,
         label: str | None,
@@ -161,7 +165,7 @@ class InferHandler:
             extra[VERSION_HEADER] = str(answered)
             return Reply(200, content, extra, str(answered))
 
-    async def reply_v1(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> Reply:
+    async def reply_v1(self, chunks: bytes | AsyncIterator[bytes], headers: Mapping[str, str]) -> Reply:
         """`POST /v1/models/<name>:predict`: `{"instances": [...]}` -> `{"predictions": [...]}`
         (KServe v1 / TF Serving REST); each instance is one row, batched like any request."""
         started, wall = time.perf_counter(), time.time_ns()
@@ -196,10 +200,15 @@ class InferHandler:
             )
         return reply
 
-    async def _read_body(self, chunks: AsyncIterator[bytes], declared: str | None) -> bytes:
+    async def _read_body(self, chunks: bytes | AsyncIterator[bytes], declared: str | None) -> bytes:
+        """The body, read whole (the HTTP protocol's fast path) or as it streams in."""
         limit = self.cfg.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        if isinstance(chunks, bytes):
+            if len(chunks) > limit:
+                raise ServingError(413, f"request body is over the limit of {limit} bytes")
+            return chunks
         parts, size = [], 0
         async for chunk in chunks:
             size += len(chunk)

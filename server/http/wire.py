@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 _HEAD_START, _HEAD_END = b"HTTP/1.1 ", b"\r\n\r\n"
 
@@ -62,15 +63,120 @@ class OneWriteProtocol(HttpToolsProtocol):
         super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
+class _Event:
+    """What uvicorn's protocol calls on a cycle's `message_event`; the fast path awaits nothing."""
+
+    def set(self) -> None:
+        pass
+
+
+class FastCycle:
+    """An infer request on the fast path, in uvicorn's `cycle` slot: while it is in flight,
+    uvicorn's own logic queues a pipelined request behind it, marks it disconnected when the
+    client leaves and keeps the connection open at shutdown until it is answered."""
+
+    def __init__(self, route: Any, keep_alive: bool) -> None:
+        self.route, self.keep_alive = route, keep_alive
+        self.body = bytearray()
+        self.more_body = True
+        self.disconnected = False
+        self.response_complete = False
+        self.message_event = _Event()
+
+
+class Fast(Protocol):
+    """The edge as the fast path sees it (http/edge.py)."""
+
+    def infer_route(self, path: str) -> Any: ...
+
+    async def answer(self, route: Any, body: bytes, headers: Mapping[str, str]) -> Any: ...
+
+
 def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
-    """The protocol class whose connections call `wrap_app(the app uvicorn loaded)`."""
+    """The protocol class whose connections call `wrap_app(the app uvicorn loaded)`, and
+    answer the edge's infer routes on a fast path."""
     made: list[tuple[Any, Any]] = []  # (app, wrapped); filled in each HTTP process, after fork
 
     class EdgeProtocol(OneWriteProtocol):
+        """An infer request with its whole body at hand (`content-length` up to uvicorn's read
+        buffer, no `expect: 100-continue`, no pipelined request before it, HTTP/1.1, a plain
+        path) skips the ASGI cycle: no scope, no per-request cycle object and event, no ASGI
+        messages; its body is parsed in the callbacks and its reply written in one piece.
+        Everything else takes uvicorn's path unchanged."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             if not made or made[0][0] is not self.app:
                 made[:] = [(self.app, wrap_app(self.app))]
             self.app = made[0][1]
+            self.fast: Fast | None = self.app if hasattr(self.app, "infer_route") else None
+
+        def on_headers_complete(self) -> None:
+            route = self._fast_route()
+            if route is None:
+                super().on_headers_complete()
+                return
+            self.cycle = FastCycle(route, self.parser.should_keep_alive())  # type: ignore[assignment]
+
+        def _fast_route(self) -> Any:
+            existing = self.cycle
+            if (
+                self.fast is None
+                or self.parser.get_method() != b"POST"
+                or self.expect_100_continue
+                or (existing is not None and not existing.response_complete)
+                or self.parser.get_http_version() != "1.1"
+                or self.parser.should_upgrade()
+                or b"%" in self.url
+                or b"?" in self.url
+            ):
+                return None
+            length = next((v for k, v in self.headers if k == b"content-length"), None)
+            if length is None or not length.isdigit() or int(length) > HIGH_WATER_LIMIT:
+                return None  # streamed or large: uvicorn reads it with flow control
+            return self.fast.infer_route(self.url.decode("ascii"))
+
+        def on_message_complete(self) -> None:
+            cycle = self.cycle
+            if not isinstance(cycle, FastCycle):
+                super().on_message_complete()
+                return
+            cycle.more_body = False
+            task = self.loop.create_task(
+                self._answer(cycle, {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers})
+            )
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+
+        async def _answer(self, cycle: FastCycle, headers: dict[str, str]) -> None:
+            assert self.fast is not None
+            try:
+                reply = await self.fast.answer(cycle.route, bytes(cycle.body), headers)
+            except Exception:
+                self.logger.exception("Exception in the infer fast path")
+                reply = None
+            cycle.response_complete = True
+            if cycle.disconnected:
+                return
+            if reply is None:
+                status, body, extra = 500, b"Internal Server Error", {"content-type": "text/plain; charset=utf-8"}
+                cycle.keep_alive = False
+            else:
+                status, body, extra = reply.status, reply.body, reply.headers
+                if extra.get("connection") == "close":
+                    cycle.keep_alive = False
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += (name, b": ", value, b"\r\n")
+            for key, text in extra.items():
+                head += (key.encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n")
+            head.append(b"content-length: %d\r\n" % len(body))
+            if not cycle.keep_alive and extra.get("connection") != "close":
+                head.append(b"connection: close\r\n")
+            head += (b"\r\n", body)
+            self.transport.write(b"".join(head))
+            if not cycle.keep_alive:
+                self.transport.close()
+            self.on_response_complete()  # pipelined requests, the keep-alive timer
 
     return EdgeProtocol

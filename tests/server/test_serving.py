@@ -305,3 +305,66 @@ def test_any_loopback_address_can_be_the_listen_address(tmp_path: Path, start_se
     assert srv.post("/v2/models/tiny/infer", infer_body(ROWS)).status_code == 200
     with pytest.raises(requests.ConnectionError):  # bound to that address, not the wildcard
         requests.get(f"http://127.0.0.1:{srv.port}/v2/health/live", timeout=5)
+
+
+def _raw(server: ServerProcess, data: bytes, until_closed: bool = False, answers: int = 1) -> bytes:
+    """Send raw bytes on one connection; read until `answers` complete responses (or EOF)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(data)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+            if not until_closed and _complete(got) >= answers:
+                return got
+
+
+def _complete(data: bytes) -> int:
+    count = 0
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        if len(rest) < length:
+            break
+        count, data = count + 1, rest[length:]
+    return count
+
+
+def _infer_request(rows: list[list[float]], rid: str, extra: str = "") -> bytes:
+    body = json.dumps(infer_body(rows, id=rid)).encode()
+    head = f"POST /v2/models/tiny/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}"
+    return head.encode() + f"content-length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(server: ServerProcess) -> None:
+    # An infer (the fast path), a health check (the ASGI path), another infer, in one write.
+    data = _infer_request(ROWS, "first") + b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    data += _infer_request(ROWS[:1], "third")
+    got = _raw(server, data, answers=3)
+    assert got.count(b"HTTP/1.1 200 OK") == 3, got
+    assert got.index(b'"id":"first"') < got.index(b"HTTP/1.1 200 OK", 1) < got.index(b'"id":"third"')
+    head = got.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"content-length:" in head and b"x-model-version: 2" in head and b"date:" in head
+
+
+def test_connection_close_and_http_1_0_are_honoured_on_infer(server: ServerProcess) -> None:
+    closing = _raw(server, _infer_request(ROWS, "c", "connection: close\r\n"), until_closed=True)
+    assert closing.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in closing.lower()
+    old = _raw(server, _infer_request(ROWS, "o").replace(b"HTTP/1.1", b"HTTP/1.0", 1), until_closed=True)
+    assert old.startswith(b"HTTP/1.1 200 OK") and b'"id":"o"' in old
+
+
+def test_a_client_that_leaves_mid_request_costs_nobody_else(server: ServerProcess) -> None:
+    import socket
+
+    seen = len(server.log_path.read_text())
+    for _ in range(20):  # each leaves before its answer is written
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(_infer_request(ROWS, "gone"))
+    r = server.post("/v2/models/tiny/infer", infer_body(ROWS))
+    assert r.status_code == 200, r.text
+    assert "Traceback" not in server.log_path.read_text()[seen:]
