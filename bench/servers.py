@@ -29,6 +29,8 @@ class Setup:
     triton: tr.Triton | None = None
     rollout: str = ""
     """modeldock's `defaults.rollout` as a YAML flow mapping (`{mode: off}`); empty: its defaults."""
+    extra: str = ""
+    """YAML appended to modeldock's config file (bench.profile tries settings with it)."""
 
     @property
     def baseline_workers(self) -> int:
@@ -67,7 +69,9 @@ def _modeldock_config(work: Path, model: str, setup: Setup) -> Path:
         "defaults:\n"
         f"  workers: {setup.workers}\n"
         f"  threads: {setup.threads}\n"
-        f"  max_batch_size: {setup.max_batch}\n" + (f"  rollout: {setup.rollout}\n" if setup.rollout else "")
+        f"  max_batch_size: {setup.max_batch}\n"
+        + (f"  rollout: {setup.rollout}\n" if setup.rollout else "")
+        + setup.extra
     )
     return path
 
