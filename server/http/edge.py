@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ServingError
@@ -18,16 +21,51 @@ from .directory import ModelDirectory
 from .infer import InferHandler
 from .replies import Reply, api_key_problem, error_reply
 
+log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Body = bytes | AsyncIterator[bytes]
-Route = Callable[[Body, Mapping[str, str]], Awaitable[Reply]]
 
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
 _V1_PREFIX, _V1_SUFFIX = "/v1/models/", ":predict"
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One infer route of a served model: v2 (with the version or label the path names) or v1."""
+
+    handler: InferHandler
+    version: str | None = None
+    label: str | None = None
+    v1: bool = False
+
+    async def reply(self, body: Body, headers: Mapping[str, str]) -> Reply:
+        if self.v1:
+            return await self.handler.reply_v1(body, headers)
+        return await self.handler.reply(body, headers, self.version, self.label)
+
+    def start(self, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> None:
+        if not self.v1:
+            self.handler.start(body, headers, self.version, self.label, done)
+            return
+        task = asyncio.ensure_future(self.reply(body, headers))  # v1: the handler is a coroutine
+        _V1_TASKS.add(task)
+
+        def finished(task: asyncio.Task[Reply]) -> None:
+            _V1_TASKS.discard(task)
+            if task.cancelled() or task.exception() is not None:
+                log.error("v1 predict failed: %r", None if task.cancelled() else task.exception())
+                done(error_reply(ServingError(500, "internal error while answering; see the server log")))
+            else:
+                done(task.result())
+
+        task.add_done_callback(finished)
+
+
+_V1_TASKS: set[asyncio.Task[Reply]] = set()  # a running task needs a strong reference
 
 
 def _shutting_down() -> Reply:
@@ -84,17 +122,17 @@ class Edge:
                 return self.directory.handler(name), None, value
         return None, None, None
 
-    def infer_route(self, path: str) -> Route | None:
-        """For a POST to `path`: the reply of a served model's infer route (v2, or v1
-        `:predict`) as a function of body and headers; None for every other path."""
+    def infer_route(self, path: str) -> InferCall | None:
+        """For a POST to `path`: a served model's infer route (v2, or v1 `:predict`) with the
+        version or label it names; None for every other path."""
         if path.startswith(_V1_PREFIX) and path.endswith(_V1_SUFFIX):
             handler = self.directory.handler(path[len(_V1_PREFIX) : -len(_V1_SUFFIX)])
             if handler is not None:
-                return handler.reply_v1
+                return InferCall(handler, v1=True)
         if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
             handler, version, label = self._route(path)
             if handler is not None:
-                return lambda body, headers: handler.reply(body, headers, version, label)
+                return InferCall(handler, version, label)
         return None
 
     def inflight(self) -> Any:
@@ -103,20 +141,39 @@ class Edge:
             self._counter = self.drain.inflight[self.process_index()]
         return self._counter
 
-    async def answer(self, route: Route, body: Body, headers: Mapping[str, str]) -> Reply:
-        """A request of an infer route, counted in flight: 503 while draining, the API key, the
-        handler's reply. Also called by the HTTP protocol's fast path (http/wire.py)."""
+    def _refusal(self, headers: Mapping[str, str]) -> Reply | None:
         if self.drain.flag.is_set():
             return _shutting_down()
+        problem = api_key_problem(self.api_key, headers)
+        return None if problem is None else error_reply(problem)
+
+    async def answer(self, call: InferCall, body: Body, headers: Mapping[str, str]) -> Reply:
+        """An infer request, counted in flight: 503 while draining, the API key, the reply."""
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            return refusal
         counter = self.inflight()
         counter.value += 1
         try:
-            problem = api_key_problem(self.api_key, headers)
-            if problem is not None:
-                return error_reply(problem)
-            return await route(body, headers)
+            return await call.reply(body, headers)
         finally:
             counter.value -= 1
+
+    def start(self, call: InferCall, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> None:
+        """`answer` without a coroutine, for the HTTP protocol's fast path (http/wire.py):
+        `done(reply)` is called exactly once, at once or when the worker's answer is read."""
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            done(refusal)
+            return
+        counter = self.inflight()
+        counter.value += 1
+
+        def finished(reply: Reply) -> None:
+            counter.value -= 1
+            done(reply)
+
+        call.start(body, headers, finished)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -5,11 +5,13 @@ Transport-free: body chunks and headers in, a Reply out; the ASGI edge is a thin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -18,7 +20,7 @@ from model_store.runtimes import Tensors
 
 from ..config import ModelConfig
 from ..errors import ServingError, not_found, unavailable
-from ..ipc.channels import RequestChannel, ResponseChannels, WorkerLost
+from ..ipc.channels import OnAnswer, RequestChannel, ResponseChannels, WorkerLost
 from ..ipc.messages import Outcome, Queued, Work
 from ..metrics import metrics
 from ..protocol import HEADER_LENGTH, InferRequest, decode_infer, decode_instances, encode_infer
@@ -46,6 +48,11 @@ class RequestEvent:
     queue_s: float = 0.0
     infer_s: float = 0.0
     batch_rows: int = 0
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # a cancelled wait drops its answer
+        future.set_result(result)
 
 
 class RequestObserver(Protocol):
@@ -88,13 +95,71 @@ class InferHandler:
         version: str | None,
         label: str | None = None,
     ) -> Reply:
+        """`start` for a body that may still be streaming in (the ASGI path)."""
         started, wall = time.perf_counter(), time.time_ns()
+        if not isinstance(chunks, bytes):
+            try:
+                chunks = await self._read_body(chunks, headers.get("content-length"))
+            except ServingError as e:
+                return self._finish(error_reply(e), headers, started, wall, {"error": e.message})
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.start(chunks, headers, version, label, partial(_settle, future), started, wall)
+        return await future
+
+    def start(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        version: str | None,
+        label: str | None,
+        done: Callable[[Reply], None],
+        started: float = 0.0,
+        wall: int = 0,
+    ) -> None:
+        """Answer a request whose whole body is at hand: `done(reply)` is called exactly once,
+        at once for a refusal, otherwise in the event-loop turn that reads the worker's answer
+        (no task, no future: the HTTP protocol's fast path writes the reply from there)."""
+        started, wall = started or time.perf_counter(), wall or time.time_ns()
         seen: dict[str, Any] = {}  # what the observers get to see of this request
+        name = self.cfg.name
         try:
-            reply = await self._reply(chunks, headers, version, label, seen)
+            if version is not None and (not version.isdigit() or int(version) < 1):
+                raise not_found(f"model {name!r} has no version {version!r}")
+            self._check_room()
+            body = self._whole_body(body, headers.get("content-length"))
+            body = decode_content(body, headers.get("content-encoding"), self.cfg.max_request_bytes)
+            req = seen["request"] = decode_infer(body, headers.get(HEADER_LENGTH), max_elements=self.max_elements)
+            self._check_rows(req.rows)
         except ServingError as e:
-            reply = error_reply(e)
             seen["error"] = e.message
+            done(self._finish(error_reply(e), headers, started, wall, seen))
+            return
+
+        def answered(result: Outcome | Exception) -> None:
+            self.inflight -= 1
+            try:
+                outcome = self._outcome(result)
+                seen.update(queue_s=outcome.queue_s, infer_s=outcome.infer_s, batch_rows=outcome.batch_rows)
+                seen["outputs"] = outcome.outputs
+                if outcome.status != 200 or outcome.outputs is None or outcome.version is None:
+                    raise ServingError(outcome.status, outcome.error)
+                content, extra = encode_infer(name, outcome.version, req, outcome.outputs)
+                extra[VERSION_HEADER] = str(outcome.version)
+                reply = Reply(200, content, extra, str(outcome.version))
+            except ServingError as e:
+                reply, seen["error"] = error_reply(e), e.message
+            except Exception:
+                log.exception("%s: answering a request failed", name)
+                reply = error_reply(ServingError(500, "internal error while answering; see the server log"))
+            done(self._finish(reply, headers, started, wall, seen))
+
+        self.inflight += 1
+        self._send(Work(req, int(version) if version else None, label, name), answered)
+
+    def _finish(
+        self, reply: Reply, headers: Mapping[str, str], started: float, wall: int, seen: dict[str, Any]
+    ) -> Reply:
+        """Count the reply in the metrics and show it to the observers."""
         key = (reply.version, reply.status)
         counter = self._counters.get(key)
         if counter is None:  # label lookups cost more than the increment: keep the children
@@ -117,8 +182,7 @@ class InferHandler:
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Counts a request against this process's share of the model's queue limit (503 past it)."""
-        if self.inflight >= self.queue_limit:
-            raise unavailable(f"model {self.cfg.name!r} is overloaded; retry shortly", retry_after_s=1)
+        self._check_room()
         self.inflight += 1
         try:
             yield
@@ -134,8 +198,7 @@ class InferHandler:
     ) -> tuple[int, Tensors]:
         """Decoded tensors in, the answering version and its outputs out; any refusal is a
         ServingError. Shared by every protocol (call it inside `admitted`)."""
-        if req.rows > self.cfg.max_rows_per_request:
-            raise ServingError(413, f"request has {req.rows} rows, over the limit of {self.cfg.max_rows_per_request}")
+        self._check_rows(req.rows)
         outcome = await self._submit(Work(req, version, label, self.cfg.name))
         if seen is not None:  # timings and outputs for the observers
             seen.update(queue_s=outcome.queue_s, infer_s=outcome.infer_s, batch_rows=outcome.batch_rows)
@@ -144,26 +207,13 @@ class InferHandler:
             raise ServingError(outcome.status, outcome.error)
         return outcome.version, outcome.outputs
 
-    async def _reply(
-        self,
-        chunks: bytes | AsyncIterator[bytes],
-        headers: Mapping[str, str],
-        version: str | None,
-        label: str | None,
-        seen: dict[str, Any],
-    ) -> Reply:
-        name = self.cfg.name
-        if version is not None and (not version.isdigit() or int(version) < 1):
-            raise not_found(f"model {name!r} has no version {version!r}")
-        with self.admitted():
-            body = await self._read_body(chunks, headers.get("content-length"))
-            body = decode_content(body, headers.get("content-encoding"), self.cfg.max_request_bytes)
-            req = decode_infer(body, headers.get(HEADER_LENGTH), max_elements=self.max_elements)
-            seen["request"] = req
-            answered, outputs = await self.infer(req, int(version) if version else None, label, seen)
-            content, extra = encode_infer(name, answered, req, outputs)
-            extra[VERSION_HEADER] = str(answered)
-            return Reply(200, content, extra, str(answered))
+    def _check_room(self) -> None:
+        if self.inflight >= self.queue_limit:
+            raise unavailable(f"model {self.cfg.name!r} is overloaded; retry shortly", retry_after_s=1)
+
+    def _check_rows(self, rows: int) -> None:
+        if rows > self.cfg.max_rows_per_request:
+            raise ServingError(413, f"request has {rows} rows, over the limit of {self.cfg.max_rows_per_request}")
 
     async def reply_v1(self, chunks: bytes | AsyncIterator[bytes], headers: Mapping[str, str]) -> Reply:
         """`POST /v1/models/<name>:predict`: `{"instances": [...]}` -> `{"predictions": [...]}`
@@ -200,15 +250,21 @@ class InferHandler:
             )
         return reply
 
-    async def _read_body(self, chunks: bytes | AsyncIterator[bytes], declared: str | None) -> bytes:
-        """The body, read whole (the HTTP protocol's fast path) or as it streams in."""
+    def _whole_body(self, body: bytes, declared: str | None) -> bytes:
         limit = self.cfg.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        if len(body) > limit:
+            raise ServingError(413, f"request body is over the limit of {limit} bytes")
+        return body
+
+    async def _read_body(self, chunks: bytes | AsyncIterator[bytes], declared: str | None) -> bytes:
+        """The body, whole at hand or as it streams in, within the limit (413 past it)."""
         if isinstance(chunks, bytes):
-            if len(chunks) > limit:
-                raise ServingError(413, f"request body is over the limit of {limit} bytes")
-            return chunks
+            return self._whole_body(chunks, declared)
+        limit = self.cfg.max_request_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
         parts, size = [], 0
         async for chunk in chunks:
             size += len(chunk)
@@ -217,18 +273,27 @@ class InferHandler:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _submit(self, work: Work) -> Outcome:
+    def _send(self, work: Work, call: OnAnswer) -> None:
+        """Put `work` on the model's channel; `call` gets the worker's answer (or why none)."""
         consumer = self._consumer
         if consumer is None:  # known once this process serves; looked up once, not per request
             consumer = self._consumer = self.process_index()
             self.responses.start_reading(consumer)
         uid = self.responses.new_uid()
-        waiting = self.responses.expect(uid, self.channel, self.cfg.inference_timeout_s)
+        self.responses.on_answer(uid, self.channel, self.cfg.inference_timeout_s, call)
         self.requests.put(Queued(consumer, uid, time.monotonic(), work))
-        try:
-            outcome: Outcome = await waiting()
-        except TimeoutError:
+
+    def _outcome(self, result: Outcome | Exception) -> Outcome:
+        if isinstance(result, TimeoutError):
             return Outcome(504, error=f"inference took longer than {self.cfg.inference_timeout_s:g}s")
-        except WorkerLost:
+        if isinstance(result, WorkerLost):
             return Outcome(503, error="the worker holding this request stopped and was restarted; retry")
-        return outcome
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _submit(self, work: Work) -> Outcome:
+        """`_send` awaited (gRPC, v1)."""
+        future: asyncio.Future[Outcome | Exception] = asyncio.get_running_loop().create_future()
+        self._send(work, partial(_settle, future))
+        return self._outcome(await future)

@@ -85,11 +85,12 @@ class FastCycle:
 
 
 class Fast(Protocol):
-    """The edge as the fast path sees it (http/edge.py)."""
+    """The edge as the fast path sees it (http/edge.py): the route of a path, and a request
+    answered through a callback with a reply (`status`, `body`, `headers`)."""
 
     def infer_route(self, path: str) -> Any: ...
 
-    async def answer(self, route: Any, body: bytes, headers: Mapping[str, str]) -> Any: ...
+    def start(self, call: Any, body: bytes, headers: Mapping[str, str], done: Callable[[Any], None]) -> None: ...
 
 
 def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
@@ -116,6 +117,9 @@ def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
             if route is None:
                 super().on_headers_complete()
                 return
+            # A keep-alive timer armed by a reply written inside this same read must not close
+            # the connection under this request.
+            self._unset_keepalive_if_required()
             self.cycle = FastCycle(route, self.parser.should_keep_alive())  # type: ignore[assignment]
 
         def _fast_route(self) -> Any:
@@ -142,19 +146,16 @@ def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
                 super().on_message_complete()
                 return
             cycle.more_body = False
-            task = self.loop.create_task(
-                self._answer(cycle, {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers})
-            )
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
-
-        async def _answer(self, cycle: FastCycle, headers: dict[str, str]) -> None:
             assert self.fast is not None
-            try:
-                reply = await self.fast.answer(cycle.route, bytes(cycle.body), headers)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
+            try:  # no task: the reply is written from the callback, in the turn its answer is read
+                self.fast.start(cycle.route, bytes(cycle.body), headers, lambda reply: self._write(cycle, reply))
             except Exception:
                 self.logger.exception("Exception in the infer fast path")
-                reply = None
+                if not cycle.response_complete:
+                    self._write(cycle, None)
+
+        def _write(self, cycle: FastCycle, reply: Any) -> None:
             cycle.response_complete = True
             if cycle.disconnected:
                 return
@@ -177,6 +178,6 @@ def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
             self.transport.write(b"".join(head))
             if not cycle.keep_alive:
                 self.transport.close()
-            self.on_response_complete()  # pipelined requests, the keep-alive timer
+            self.on_response_complete()  # the next pipelined request, or the keep-alive timer
 
     return EdgeProtocol

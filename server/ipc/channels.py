@@ -42,6 +42,7 @@ _HEADER = struct.Struct("!i")  # multiprocessing.Connection's framing
 _READ_SIZE = 1 << 16  # a pipe's buffer; larger reads allocate (mmap) and free a buffer each time
 _NOTHING = object()
 SWEEP_S = 0.1  # how often an HTTP process looks for requests past their inference timeout
+OnAnswer = Callable[["Outcome | Exception"], None]
 
 
 def _frame(item: Any) -> bytes:
@@ -192,14 +193,14 @@ class ResponseChannels:
         pipes = [[_CTX.Pipe(duplex=False) for _ in writers] for _ in range(consumers)]
         self._readers: list[list[Connection]] = [[r for r, _ in row] for row in pipes]
         self._writers: list[list[Connection]] = [[w for _, w in row] for row in pipes]
-        # Process-local state of one HTTP process: uid -> future, and per model the unanswered
-        # requests in submission order.
-        self._waiters: dict[int, asyncio.Future[Outcome]] = {}
-        self._in_order: dict[str, deque[tuple[int, asyncio.Future[Outcome]]]] = {}
+        # Process-local state of one HTTP process: uid -> what takes its answer, and per model
+        # the unanswered requests in submission order.
+        self._waiters: dict[int, OnAnswer] = {}
+        self._in_order: dict[str, deque[int]] = {}
         self._reading = False
         self._last_uid = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._deadlines: list[tuple[float, int, asyncio.Future[Outcome]]] = []
+        self._deadlines: list[tuple[float, int]] = []
         self._sweep: asyncio.TimerHandle | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -232,31 +233,53 @@ class ResponseChannels:
         self._last_uid += 1
         return self._last_uid
 
-    def expect(self, uid: int, model: str, timeout: float) -> Callable[[], Awaitable[Outcome]]:
-        """Register a future for `uid`; returns what to await: the outcome, or TimeoutError
-        after `timeout` (give or take `SWEEP_S`), or WorkerLost."""
+    def on_answer(self, uid: int, model: str, timeout: float, call: OnAnswer) -> None:
+        """`call(outcome)` on the event loop as soon as the answer to `uid` is read (in the same
+        loop turn), or `call(TimeoutError())` after `timeout` (give or take `SWEEP_S`), or
+        `call(WorkerLost())`; exactly once."""
         loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._waiters[uid] = future
+        self._waiters[uid] = call
         # One sweep timer for every request instead of a timer armed and cancelled per request.
-        self._deadlines.append((loop.time() + timeout, uid, future))
+        self._deadlines.append((loop.time() + timeout, uid))
         if self._sweep is None:
             self._sweep = loop.call_later(SWEEP_S, self._expire, loop)
         if model in self._single:  # only a model's only worker answers in order
-            self._in_order.setdefault(model, deque()).append((uid, future))
+            self._in_order.setdefault(model, deque()).append(uid)
+
+    def expect(self, uid: int, model: str, timeout: float) -> Callable[[], Awaitable[Outcome]]:
+        """`on_answer` as a future: returns what to await (the outcome; TimeoutError or
+        WorkerLost raised)."""
+        future: asyncio.Future[Outcome] = (self._loop or asyncio.get_running_loop()).create_future()
+
+        def settle(result: Outcome | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.on_answer(uid, model, timeout, settle)
         return lambda: future
+
+    def _call(self, uid: int, result: Outcome | Exception) -> None:
+        call = self._waiters.pop(uid, None)
+        if call is None:
+            return  # answered already (e.g. it timed out first)
+        try:
+            call(result)
+        except Exception:  # one request's failure never stops the answers after it
+            log.exception("answering request %s failed", uid)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         now, waiting = loop.time(), []
-        for entry in self._deadlines:
-            deadline, uid, future = entry
-            if future.done():
+        for deadline, uid in self._deadlines:
+            if uid not in self._waiters:
                 continue
             if deadline > now:
-                waiting.append(entry)
+                waiting.append((deadline, uid))
             else:
-                self._waiters.pop(uid, None)
-                future.set_exception(TimeoutError())
+                self._call(uid, TimeoutError())
         self._deadlines = waiting
         self._sweep = loop.call_later(SWEEP_S, self._expire, loop) if waiting else None
 
@@ -273,9 +296,7 @@ class ResponseChannels:
         for packed in frames.feed(data):
             answers = unpack_answers(packed)
             for uid, outcome in answers:
-                future = self._waiters.pop(uid, None)
-                if future is not None and not future.done():
-                    future.set_result(outcome)
+                self._call(uid, outcome)
             if answers and in_order:
                 self._fail_older(model, answers[-1][0])
 
@@ -283,8 +304,7 @@ class ResponseChannels:
         """A model's only worker answers in submission order: an answer to `answered` means every
         older request still waiting was taken by a worker that died (and was restarted)."""
         order = self._in_order.get(model)
-        while order and order[0][0] <= answered:
-            uid, future = order.popleft()
-            if uid < answered and not future.done():
-                self._waiters.pop(uid, None)
-                future.set_exception(WorkerLost())
+        while order and order[0] <= answered:
+            uid = order.popleft()
+            if uid < answered:
+                self._call(uid, WorkerLost())
