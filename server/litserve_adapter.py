@@ -35,6 +35,7 @@ import uvicorn.server
 from fastapi import FastAPI
 from litserve.loops.base import LitLoop
 from litserve.transport.base import MessageTransport
+from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .http.wire import edge_protocol
@@ -208,7 +209,13 @@ class Wiring:
 
 
 # Attributes of a LitServer instance that the hooks below read or replace.
-_SERVER_ATTRIBUTES = ("app", "litapi_connector", "litapi_request_queues", "_shutdown_event", "uvicorn_graceful_timeout")
+_SERVER_ATTRIBUTES = (
+    "app",
+    "litapi_connector",
+    "litapi_request_queues",
+    "_shutdown_event",
+    "uvicorn_graceful_timeout",
+)
 
 
 class _Server(ls.LitServer):  # type: ignore[misc]
@@ -227,6 +234,11 @@ class _Server(ls.LitServer):  # type: ignore[misc]
         if missing:
             raise LitServeContractError(f"LitServer no longer sets {missing}")
         self.uvicorn_graceful_timeout = wiring.grace_s
+        # LitServe gzips every other response of 1,000 bytes or more when the client accepts
+        # gzip: tritonclient.http.aio (aiohttp, decompression off) then fails to read metadata.
+        # Triton compresses only infer responses, and only when asked; infer never went through
+        # this middleware here, so nothing is compressed.
+        self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         wiring.register_routes(self.app)
 
     def _register_internal_endpoints(self) -> None:

@@ -368,3 +368,23 @@ def test_a_client_that_leaves_mid_request_costs_nobody_else(server: ServerProces
     r = server.post("/v2/models/tiny/infer", infer_body(ROWS))
     assert r.status_code == 200, r.text
     assert "Traceback" not in server.log_path.read_text()[seen:]
+
+
+def test_no_response_is_gzipped_so_tritonclient_aio_reads_large_answers(server: ServerProcess) -> None:
+    import asyncio
+
+    import tritonclient.http.aio as aioclient
+
+    r = server.get("/v2/models/stats", headers={"Accept-Encoding": "gzip"})
+    assert len(r.content) >= 1000, "answers this large used to be gzipped"
+    assert "content-encoding" not in r.headers
+
+    async def read() -> tuple[dict[str, object], dict[str, object]]:
+        client = aioclient.InferenceServerClient(f"127.0.0.1:{server.port}")  # aiohttp, decompression off
+        try:
+            return await client.get_inference_statistics(), await client.get_model_metadata("tiny")
+        finally:
+            await client.close()
+
+    stats, meta = asyncio.run(read())
+    assert meta["name"] == "tiny" and {"tiny", "limited"} <= {m["name"] for m in stats["model_stats"]}  # type: ignore[attr-defined]
