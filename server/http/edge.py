@@ -173,7 +173,11 @@ class Edge:
             counter.value -= 1
             done(reply)
 
-        call.start(body, headers, finished)
+        try:
+            call.start(body, headers, finished)
+        except BaseException:  # never answered: it must not hold the drain for its grace period
+            counter.value -= 1
+            raise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -101,9 +101,9 @@ def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
     class EdgeProtocol(OneWriteProtocol):
         """An infer request with its whole body at hand (`content-length` up to uvicorn's read
         buffer, no `expect: 100-continue`, no pipelined request before it, HTTP/1.1, a plain
-        path) skips the ASGI cycle: no scope, no per-request cycle object and event, no ASGI
-        messages; its body is parsed in the callbacks and its reply written in one piece.
-        Everything else takes uvicorn's path unchanged."""
+        path) skips the ASGI cycle: no cycle object, event, task or ASGI messages (uvicorn still
+        makes its scope when a message begins); its body is gathered in the parser's callbacks
+        and its reply written in one piece. Everything else takes uvicorn's path unchanged."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from server.config import ModelConfig
 from server.http.directory import ModelDirectory
 from server.http.edge import Edge
@@ -87,3 +89,24 @@ def test_while_draining_new_requests_get_503_but_liveness_answers() -> None:
     assert call(edge, "GET", "/v2/health/ready") == 503
     assert call(edge, "GET", "/v2/health/live") == 299
     assert handler.calls == [] and drain.busy() == 0
+
+
+def test_the_fast_path_counts_a_request_in_flight_until_its_reply_and_never_leaks_the_count() -> None:
+    edge, handler, _, drain = make()
+    replies: list[Reply] = []
+    pending: list[Any] = []
+    handler.start = lambda body, headers, version, label, done: pending.append(done)  # type: ignore[attr-defined]
+    route = edge.infer_route("/v2/models/m/infer")
+    assert route is not None
+    edge.start(route, b"x", {}, replies.append)
+    assert drain.busy() == 1 and not replies  # submitted, not answered yet
+    pending[0](Reply(200, b"{}"))
+    assert drain.busy() == 0 and [r.status for r in replies] == [200]
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug in the handler")
+
+    handler.start = broken  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError):
+        edge.start(route, b"x", {}, replies.append)
+    assert drain.busy() == 0  # a request that raised does not hold the drain
