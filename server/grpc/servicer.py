@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 from ..errors import ServingError, not_found
 from ..http.admin import AdminRoutes, check_admin_key
 from ..http.extensions import model_config, model_statistics
-from ..http.infer import InferHandler
+from ..http.infer import InferHandler, RequestEvent
 from ..http.replies import api_key_problem
 from ..http.routes import Routes
 from ..ipc.drain import Drain
@@ -223,25 +223,31 @@ class Servicer:
         handler = self.handlers.get(name)
         if handler is None:  # not counted: a label per unknown name would grow without bound
             raise not_found(f"unknown model {name!r}; serving {sorted(self.handlers)}")
-        started, code, answered = time.perf_counter(), "OK", ""
+        started, wall, code, answered, status = time.perf_counter(), time.time_ns(), "OK", "", 200
+        seen: dict[str, Any] = {}  # what the request observers (traces, payload log) see
         try:
             version = _version(name, request.model_version)
             size, limit = request.ByteSize(), handler.cfg.max_request_bytes
             if size > limit:
                 raise ServingError(413, f"request of {size} bytes is over the limit of {limit}")
             with handler.admitted():
-                req = decode_request(request, handler.max_elements)
-                got, outputs = await handler.infer(req, version)
+                req = seen["request"] = decode_request(request, handler.max_elements)
+                got, outputs = await handler.infer(req, version, seen=seen)
             answered = str(got)
             return encode_response(name, got, req, outputs)
         except ServingError as e:
-            code = grpc_code_name(e)
+            code, status, seen["error"] = grpc_code_name(e), e.status, e.message
             raise
         except asyncio.CancelledError:  # the client went away or its deadline passed
-            code = "CANCELLED"
+            code, status = "CANCELLED", 0
             raise
         finally:
-            self._count(name, answered, code, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._count(name, answered, code, took)
+            if handler.observers and status:  # as REST's: status is the HTTP equivalent
+                metadata = context.invocation_metadata() or ()
+                headers = {k: v for k, v in metadata if isinstance(v, str)}  # traceparent travels here
+                handler.notify(RequestEvent(name, "grpc", status, answered, headers, wall, took, **seen))
 
     def _count(self, model: str, version: str, code: str, seconds: float) -> None:
         key = (model, version, code)

@@ -15,7 +15,7 @@ import torch
 from model_store import ModelStore
 from tests.conftest import publish_tiny
 from tests.fakes import TinyMLP
-from tests.server.conftest import ServerProcess, infer_body
+from tests.server.conftest import ServerProcess, infer_body, reserve_port
 
 from .collector import Collector, ReceivedSpan
 
@@ -42,12 +42,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> It
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s rather than 5 s
         "MODELDOCK_API_SERVERS": "2",  # spans and log lines from more than one forked process
     }
+    holder = reserve_port()  # the gRPC port, reserved as the harness reserves the HTTP one
+    env["MODELDOCK_GRPC_PORT"] = str(holder.getsockname()[1])
     srv = ServerProcess(store.root, base / "cwd", config, env)
     try:
         srv.wait_until("/v2/models/tiny/ready")
         yield srv
     finally:
         srv.stop()
+        holder.close()
 
 
 def payload_lines(server: ServerProcess, request_id: str, timeout_s: float = 20) -> list[dict[str, Any]]:
@@ -131,3 +134,26 @@ def test_the_drop_counter_is_exported_from_the_start(server: ServerProcess) -> N
     text = server.get("/metrics").text
     for reason in ("queue_full", "too_large", "write_error"):
         assert f'modeldock_payload_log_dropped_total{{reason="{reason}"}}' in text
+
+
+def test_grpc_calls_are_traced_and_logged_like_rest(server: ServerProcess, collector: Collector) -> None:
+    import tritonclient.grpc as grpcclient
+
+    port = server.env["MODELDOCK_GRPC_PORT"]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = grpcclient.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.array(ROWS, dtype=np.float32))
+    traceparent = {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
+    client.infer("tiny", [tensor], request_id="grpc-1", headers=traceparent)
+    [line] = payload_lines(server, "grpc-1")
+    assert line["protocol"] == "grpc" and line["status"] == 200 and line["version"] == "1"
+    assert line["trace_id"] == TRACE_ID and line["inputs"][0]["shape"] == [2, 4]
+    span = collector.wait_for(with_id("grpc-1"))
+    assert span.trace_id == TRACE_ID and span.parent_span_id == CLIENT_SPAN
+    assert span.attributes["modeldock.protocol"] == "grpc" and span.attributes["modeldock.request.rows"] == 2
+    bad = grpcclient.InferInput("nope", [2, 4], "FP32")
+    bad.set_data_from_numpy(np.array(ROWS, dtype=np.float32))
+    with pytest.raises(Exception, match="nope"):
+        client.infer("tiny", [bad], request_id="grpc-2")
+    [refused] = payload_lines(server, "grpc-2")
+    assert refused["protocol"] == "grpc" and refused["status"] == 400 and "nope" in refused["error"]
