@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -60,14 +61,17 @@ def _cached_pid() -> int:
 os.register_at_fork(after_in_child=_refresh_pid)
 
 
+_VALUES: list[Any] = []  # our value class, made once: forked children inherit it
+
+
 def _use_multiprocess_values() -> None:
     """Values in this instance's files. prometheus-client picks its value storage when first
     imported: switch it now. It asks for the pid on every update to notice a fork, and
     `os.getpid()` is a system call (3-4 per request); a pid cached and renewed at fork is as
-    correct."""
-    prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue(  # type: ignore[no-untyped-call]
-        process_identifier=_cached_pid
-    )
+    correct. Made once per process lineage: two value classes would each map the same file."""
+    if not _VALUES:
+        _VALUES.append(prometheus_client.values.MultiProcessValue(process_identifier=_cached_pid))  # type: ignore[no-untyped-call]
+    prometheus_client.values.ValueClass = _VALUES[0]
 
 
 def _remove_dead_instances(root: Path) -> None:
@@ -180,7 +184,7 @@ def metrics() -> Metrics:
     """This process's metric objects, made on first use (after the process knows its folder)."""
     global _metrics
     if _metrics is None:
-        if ENV in os.environ:  # a spawned worker imported prometheus-client with the folder set
+        if ENV in os.environ and not _VALUES:  # a spawned worker: prometheus-client came with the folder
             _use_multiprocess_values()
         _metrics = Metrics()
     return _metrics

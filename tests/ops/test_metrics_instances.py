@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from model_store import ModelStore
 from tests.conftest import publish_tiny
 from tests.ops.harness import Server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 REQUESTS = "modeldock_requests_total"
 VERSION = "modeldock_model_version"
@@ -73,3 +76,31 @@ def test_two_servers_share_a_cache_dir_without_sharing_metrics(tmp_path: Path, s
     assert {(dict(k)["model"], dict(k)["version"]): v for k, v in a.metrics(REQUESTS).items()} == {("alpha", "1"): 5.0}
     assert a.stop() == 0
     assert list((cache / "metrics").iterdir()) == []
+
+
+def test_one_value_class_per_process_so_no_metrics_file_is_mapped_twice(tmp_path: Path) -> None:
+    # Counters made before metrics() (the payload log's, the gRPC servicer's) and those made by
+    # it must share one value class: two would each map the same .db file and overwrite entries.
+    script = f"""
+import os, prometheus_client
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.multiprocess import MultiProcessCollector
+from server import metrics as m
+m.setup_multiprocess({str(tmp_path)!r})
+early = Counter("early_total", "made before metrics()")
+first = prometheus_client.values.ValueClass
+m.metrics().requests.labels("m", "1", "200").inc(3)
+assert prometheus_client.values.ValueClass is first, "the value class changed"
+early.inc(2)
+if os.fork() == 0:  # a forked HTTP process writes its own file under its own pid
+    m.metrics().requests.labels("m", "1", "200").inc(4)
+    os._exit(0)
+os.wait()
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+got = {{(s.name, s.labels.get("code")): s.value for f in registry.collect() for s in f.samples}}
+assert got[("early_total", None)] == 2 and got[("modeldock_requests_total", "200")] == 7, got
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
