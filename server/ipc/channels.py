@@ -164,8 +164,11 @@ class RequestChannel:
         if self._read_lock is None:  # the model's only worker: nobody to race with
             for fd in order:
                 reader = self._partial.setdefault(fd, FrameReader())
+                data = os.read(fd, _READ_SIZE)
+                if not data:  # every writer is gone (as Connection.recv would say)
+                    raise EOFError("the request channel was closed")
                 try:
-                    self._received.extend(reader.feed(os.read(fd, _READ_SIZE)))
+                    self._received.extend(reader.feed(data))
                 except Exception:  # a worker before this one died mid-frame: resynchronise
                     log.error("dropped a garbled request stream; its requests time out")
                     self._partial[fd] = FrameReader()
