@@ -114,6 +114,8 @@ class ServerProcess:
                 f"last lines of its log {self.log}:\n{self.log_tail()}"
             )
 
+    ready_path = "/v2/health/ready"
+
     def _wait_ready(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         owner = "none"
@@ -122,7 +124,7 @@ class ServerProcess:
             owner = port_owner(self.pid, self.port)
             if owner == "ours":
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=2) as r:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2) as r:
                         if r.status == 200:
                             return
                 except OSError:

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import litserve as ls
 
 from bench.common import PY, ROOT, BenchError, ServerProcess, free_port
-from bench.procs import port_owner, tree_cpu
+from bench.procs import tree_cpu
 
 IMAGE = ROOT / "docs" / "digit-7.png"
 MODEL = "digits"
@@ -93,19 +92,7 @@ def serve_plain(folder: Path, port: int, threads: int) -> None:
 class PlainServer(ServerProcess):
     """LitServe answers `/health`, not the v2 readiness route."""
 
-    def _wait_ready(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if port_owner(self.pid, self.port) == "ours":
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                        if r.status == 200:
-                            return
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        raise BenchError(f"{self.kind} (pid {self.pid}) not ready after {seconds:.0f} s:\n{self.log_tail()}")
+    ready_path = "/health"
 
 
 # ---- the two servers ----------------------------------------------------------------------------

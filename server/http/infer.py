@@ -250,10 +250,15 @@ class InferHandler:
             )
         return reply
 
-    def _whole_body(self, body: bytes, declared: str | None) -> bytes:
+    def _check_declared(self, declared: str | None) -> int:
+        """413 for a declared length over the limit, before any byte is read; the limit."""
         limit = self.cfg.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        return limit
+
+    def _whole_body(self, body: bytes, declared: str | None) -> bytes:
+        limit = self._check_declared(declared)
         if len(body) > limit:
             raise ServingError(413, f"request body is over the limit of {limit} bytes")
         return body
@@ -262,9 +267,7 @@ class InferHandler:
         """The body, whole at hand or as it streams in, within the limit (413 past it)."""
         if isinstance(chunks, bytes):
             return self._whole_body(chunks, declared)
-        limit = self.cfg.max_request_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        limit = self._check_declared(declared)
         parts, size = [], 0
         async for chunk in chunks:
             size += len(chunk)

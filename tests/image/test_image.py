@@ -17,7 +17,8 @@ import pytest
 import requests
 import yaml
 
-from tests.ops.harness import ROOT, free_port, samples
+from tests.ops.harness import ROOT, samples
+from tests.server.conftest import free_port
 
 IMAGE = os.environ.get("MODELDOCK_TEST_IMAGE", "")
 pytestmark = pytest.mark.skipif(not IMAGE, reason="needs a built image: run `make image-test`")

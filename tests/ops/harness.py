@@ -5,39 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.server.conftest import infer_body, reserve_port, stop_session
+
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def reserve_port() -> socket.socket:
-    """A loopback port held until the server that gets it stops: bound with SO_REUSEADDR and never
-    listening, so the server (uvicorn and gRPC bind with SO_REUSEADDR too) can listen on it while
-    no other test's bind to port 0 takes it first."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
-    return s
-
-
-def infer_body(rows: list[list[float]]) -> dict[str, Any]:
-    return {"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}]}
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -99,14 +78,8 @@ class Server:
         raise AssertionError(f"not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=40)
-        with contextlib.suppress(ProcessLookupError):  # what is left of our session, nothing else
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        code = stop_session(self.proc)
         self.log.close()
         for held in self._reserved:
             held.close()
-        return self.proc.returncode
+        return code

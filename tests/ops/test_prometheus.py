@@ -25,7 +25,8 @@ from tritonclient.utils import InferenceServerException
 
 from model_store import ModelStore
 from tests.conftest import publish_tiny
-from tests.ops.harness import ROOT, ROWS, Server, free_port
+from tests.ops.harness import ROOT, ROWS, Server
+from tests.server.conftest import free_port
 
 DASHBOARD = ROOT / "k8s/grafana/modeldock-dashboard.json"
 RULES = ROOT / "k8s/monitoring/modeldock-rules.yml"

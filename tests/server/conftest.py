@@ -42,6 +42,18 @@ ADDRESS_IN_USE = "[Errno 98] Address already in use"  # the HTTP bind (uvicorn's
 START_ATTEMPTS = 3
 
 
+def stop_session(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (the server drains), then SIGKILL to what is left of the session we started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=40)
+    with contextlib.suppress(ProcessLookupError):  # what is left of our session, nothing else
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return proc.returncode
+
+
 def without_rollout(config: dict[str, Any]) -> dict[str, Any]:
     """Most tests swap between unrelated models (other seeds) to see which version answers; the
     safe default (a rollout that rejects a version disagreeing with the serving one) would keep
@@ -138,16 +150,10 @@ class ServerProcess:
         return 0.0
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=40)
-        with contextlib.suppress(ProcessLookupError):  # what is left of our session, nothing else
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        code = stop_session(self.proc)
         self.log.close()
         self._reservation.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture
