@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,7 +51,7 @@ class Sidecar(Protocol):
     """A process the supervisor runs beside LitServe's HTTP processes that takes requests to the
     same workers through its own channel slot (e.g. the gRPC server)."""
 
-    def start(self, index: int, handlers: Mapping[str, InferHandler], drain: Drain) -> None:
+    def start(self, index: int, directory: ModelDirectory, drain: Drain) -> None:
         """Called once the board is bound, before workers and HTTP processes start."""
 
     def stop(self) -> None:
@@ -69,17 +69,17 @@ class Supervisor:
     drain: Drain
     host: LitServeHost
     sidecars: Sequence[Sidecar] = ()
-    make_handlers: Callable[[Callable[[], int]], dict[str, InferHandler]] | None = None
+    make_directory: Callable[[Callable[[], int]], ModelDirectory] | None = None
 
     def on_shared_dict(self, shared: MutableMapping[str, Any]) -> None:
         """LitServe's Manager is up and no worker has started: publish the first decisions."""
         self.board.bind(shared)
         self.control.publish_all()
         self.control.start()
-        assert self.make_handlers is not None
+        assert self.make_directory is not None
         for i, sidecar in enumerate(self.sidecars):
             index = self.cfg.api_servers + i  # channel slots after the HTTP processes'
-            sidecar.start(index, self.make_handlers(functools.partial(int, index)), self.drain)
+            sidecar.start(index, self.make_directory(functools.partial(int, index)), self.drain)
 
     def on_stop(self) -> None:
         for sidecar in self.sidecars:
@@ -142,19 +142,20 @@ def build_server(
 
     observers = build_observers(cfg, phase_of=board_phase(board))  # traces, payload log: off by default
 
-    def make_handlers(process_index: Callable[[], int]) -> dict[str, InferHandler]:
-        return {
+    def make_directory(process_index: Callable[[], int]) -> ModelDirectory:
+        """One per submitting process (each HTTP process, the gRPC one): its handlers, and the pool's."""
+        handlers = {
             mc.name: InferHandler(mc, cfg.api_servers, requests[mc.name], responses, process_index, observers)
             for mc in configs
         }
 
-    def make_pool_handler(mc: ModelConfig) -> InferHandler:
-        return InferHandler(mc, cfg.api_servers, requests[POOL], responses, http_process_index, observers, POOL)
+        def make_pool_handler(mc: ModelConfig) -> InferHandler:
+            return InferHandler(mc, cfg.api_servers, requests[POOL], responses, process_index, observers, POOL)
+
+        return ModelDirectory(configs, board, handlers, make_pool_handler if pooled else None, cfg.pool_workers)
 
     drain = Drain(consumers, cfg.grace_period_s)
-    directory = ModelDirectory(
-        configs, board, make_handlers(http_process_index), make_pool_handler if pooled else None, cfg.pool_workers
-    )
+    directory = make_directory(http_process_index)
     routes = Routes(directory, board, cfg.api_key)
     admin = AdminRoutes(directory, board, cfg.admin_api_key, wait_s=3 * cfg.poll_interval + 2)
 
@@ -182,7 +183,7 @@ def build_server(
         listen_host=cfg.host,
         grace_s=cfg.grace_period_s,
     )
-    supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, make_handlers)
+    supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, make_directory)
     return supervisor
 
 

@@ -14,7 +14,7 @@ import ctypes
 import logging
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 import grpc
@@ -22,7 +22,6 @@ import grpc
 from ..config import ModelConfig
 from ..http.admin import AdminRoutes
 from ..http.directory import ModelDirectory
-from ..http.infer import InferHandler
 from ..http.routes import Routes
 from ..ipc.board import Board
 from ..ipc.drain import Drain, ignore_termination
@@ -59,7 +58,7 @@ def run(
     api_key: str,
     models: Sequence[ModelConfig],
     board: Board,
-    handlers: Mapping[str, InferHandler],
+    directory: ModelDirectory,
     drain: Drain,
     index: int,
     grace_s: float,
@@ -69,11 +68,9 @@ def run(
     """The process's body (after the fork)."""
     ignore_termination()  # only the supervisor decides when this process stops
     _die_with_parent()
-    # Models added while serving (the pool's) are served over REST only for now.
-    directory = ModelDirectory(models, board, handlers)
     routes = Routes(directory, board, "")
     admin = AdminRoutes(directory, board, admin_key, admin_wait_s)
-    servicer = Servicer(handlers, routes, api_key, drain, index, admin)
+    servicer = Servicer(routes, api_key, drain, index, admin)
     asyncio.run(_serve(conn, host, port, servicer, grace_s, models))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 from ..errors import ServingError, not_found
 from ..http.admin import AdminRoutes, check_admin_key
 from ..http.extensions import model_config, model_statistics
-from ..http.infer import InferHandler, RequestEvent
+from ..http.infer import RequestEvent
 from ..http.replies import api_key_problem
 from ..http.routes import Routes
 from ..ipc.drain import Drain
@@ -65,14 +65,13 @@ class Servicer:
 
     def __init__(
         self,
-        handlers: Mapping[str, InferHandler],
         routes: Routes,
         api_key: str,
         drain: Drain,
         index: int,
         admin: AdminRoutes | None = None,
     ) -> None:
-        self.handlers, self.routes, self.api_key = dict(handlers), routes, api_key
+        self.routes, self.api_key = routes, api_key
         self.admin = admin  # the repository extension, with the admin key (off without one)
         self.drain, self.index = drain, index
         self.metrics = GrpcMetrics()
@@ -220,9 +219,10 @@ class Servicer:
     # ---- infer --------------------------------------------------------------------------------
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         name = request.model_name
-        handler = self.handlers.get(name)
+        handler = self.routes.directory.handler(name)  # the pool's models too; None once removed
         if handler is None:  # not counted: a label per unknown name would grow without bound
-            raise not_found(f"unknown model {name!r}; serving {sorted(self.handlers)}")
+            self.routes.check_served(name)
+            raise not_found(f"model {name!r} is not served")
         started, wall, code, answered, status = time.perf_counter(), time.time_ns(), "OK", "", 200
         seen: dict[str, Any] = {}  # what the request observers (traces, payload log) see
         try:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import ModelConfig
-from ..http.infer import InferHandler
+from ..http.directory import ModelDirectory
 from ..ipc.board import Board
 from ..ipc.drain import Drain
 
@@ -50,11 +50,11 @@ class GrpcSidecar:
         self._proc: Any = None
         self._conn: Connection | None = None
 
-    def start(self, index: int, handlers: Mapping[str, InferHandler], drain: Drain) -> None:
+    def start(self, index: int, directory: ModelDirectory, drain: Drain) -> None:
         """Forks the gRPC process and waits until it listens; raises GrpcStartError if it cannot."""
         ctx = mp.get_context("fork")
         conn, child_conn = ctx.Pipe()
-        args: tuple[Any, ...] = (self.host, self.port, self.api_key, self.models, self.board, dict(handlers))
+        args: tuple[Any, ...] = (self.host, self.port, self.api_key, self.models, self.board, directory)
         args += (drain, index, self.grace_s, self.admin_key, self.admin_wait_s)
         self._proc = ctx.Process(target=_child, args=(child_conn, *args), name="modeldock-grpc")
         self._proc.start()

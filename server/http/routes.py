@@ -125,7 +125,8 @@ class Routes:
             }
         )
 
-    def _known(self, name: str) -> None:
+    def check_served(self, name: str) -> None:
+        """404 for a model not served now, saying why (removed, or never known)."""
         if name not in self.models:
             gone = self.directory.removed_reason(name)
             why = f"model {name!r} is not served: {gone}" if gone else f"unknown model {name!r}"
@@ -133,7 +134,7 @@ class Routes:
 
     async def model_metadata(self, request: Request, name: str, version: str | None = None) -> Response:
         check_api_key(self.api_key, request.headers)
-        self._known(name)
+        self.check_served(name)
         records = self.records(name)
         first = records[0]
         serving = next((r for r in records if r.get("version") is not None), None)
@@ -176,7 +177,7 @@ class Routes:
 
     async def model_ready(self, request: Request, name: str, version: str | None = None) -> Response:
         check_api_key(self.api_key, request.headers)
-        self._known(name)
+        self.check_served(name)
         if version is not None:
             state = self._version_state(name, version)
             if state == "ready":
@@ -189,9 +190,9 @@ class Routes:
 
     async def label_ready(self, request: Request, name: str, label: str) -> Response:
         check_api_key(self.api_key, request.headers)
-        self._known(name)
+        self.check_served(name)
         return await self.model_ready(request, name, self._label_version(name, label))
 
     async def unknown_infer(self, name: str, version: str | None = None) -> Response:
-        self._known(name)  # a model being added answers 404 until its handler exists
+        self.check_served(name)  # a model being added answers 404 until its handler exists
         raise not_found(f"model {name!r} is not ready to answer yet")

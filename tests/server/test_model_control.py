@@ -6,7 +6,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from model_store import ModelStore
@@ -142,6 +144,21 @@ def test_the_repository_extension_over_grpc_needs_the_admin_key(tmp_path: Path, 
     wait_for(lambda: answers(server, "tiny") == 404, "unloaded over gRPC")
     with pytest.raises(InferenceServerException, match="not in the store"):
         client.load_model("nothere", headers=ADMIN)
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):  # unloaded: gRPC refuses it too
+        client.infer("tiny", [grpc_input(grpcclient)])
     client.load_model("tiny", headers=ADMIN)
     wait_for(lambda: answers(server, "tiny") == 200, "loaded again over gRPC", timeout=60)
+
+    # A model published while serving (the pool's) answers over gRPC as over REST.
+    publish_tiny(store, "other", seed=3)
+    wait_for(lambda: answers(server, "other") == 200, "the new model answers over REST", timeout=60)
+    got = client.infer("other", [grpc_input(grpcclient)]).as_numpy("output")
+    rest = server.post("/v2/models/other/infer", infer_body(ROWS)).json()["outputs"][0]["data"]
+    assert got is not None and got.ravel().tolist() == pytest.approx(rest)
     client.close()
+
+
+def grpc_input(grpcclient: Any) -> Any:
+    tensor = grpcclient.InferInput("input", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.array(ROWS, dtype=np.float32))
+    return tensor
