@@ -87,7 +87,9 @@ def _b64(value: Any) -> bytes:
 class DigitsHandler(Handler):
     """Serves the demo's digits model: one image per row, its label and probability back."""
 
-    inputs = (TensorInfo("image", "BYTES", (-1,)),)
+    # [n, 1], as Triton spells one value per row: tools that build requests from the metadata
+    # (perf_analyzer) cannot send a tensor whose rows have no dimension. [n] is read as well.
+    inputs = (TensorInfo("image", "BYTES", (-1, 1)),)
     outputs = (TensorInfo("label", "BYTES", (-1,)), TensorInfo("probability", "FP32", (-1,)))
 
     def setup(self, manifest: Manifest, folder: Path) -> None:
@@ -106,8 +108,12 @@ class DigitsHandler(Handler):
     def decode_request(self, request: Any) -> Arrays:
         if isinstance(request, InferRequest):
             images = request.inputs.get("image")
+            if images is not None and images.ndim == 2 and images.shape[1] == 1:
+                images = images[:, 0]
             if images is None or images.dtype != np.dtype(object) or images.ndim != 1:
-                raise HandlerInputError("input 'image' must be a BYTES tensor of shape [n]: one encoded image per row")
+                raise HandlerInputError(
+                    "input 'image' must be a BYTES tensor of shape [n, 1] or [n]: one encoded image per row"
+                )
             blobs = list(images)
         elif isinstance(request, dict) and isinstance(request.get("image"), dict):
             blobs = [_b64(request["image"].get("b64"))]

@@ -20,6 +20,7 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+DIGIT_7 = ROOT / "docs" / "digit-7.png"  # the image the README's curl sends
 
 
 def free_port() -> int:
@@ -154,6 +155,16 @@ class ServerProcess:
         self.log.close()
         self._reservation.close()
         return code
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained digits demo (two versions with labels.json), made once per session."""
+    from model_store.demo import run_demo
+
+    root = tmp_path_factory.mktemp("digits") / "models"
+    assert run_demo(root) == [1, 2]
+    return root
 
 
 @pytest.fixture

@@ -1,19 +1,7 @@
-"""A store with the trained digits demo (two versions with labels.json), made once per session."""
+"""The digits demo's shipped image, for the handler tests (the store is tests/server/conftest.py's)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.server.conftest import DIGIT_7
 
-import pytest
-
-from model_store.demo import run_demo
-
-ROOT = Path(__file__).resolve().parents[3]
-DIGIT_7 = ROOT / "docs" / "digit-7.png"  # the image the README's curl sends
-
-
-@pytest.fixture(scope="session")
-def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("digits") / "models"
-    assert run_demo(root) == [1, 2]
-    return root
+__all__ = ["DIGIT_7"]

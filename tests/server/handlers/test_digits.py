@@ -73,6 +73,9 @@ def test_the_shipped_image_is_a_seven_over_v2_json_and_binary(served: tuple[Boun
     req = InferRequest({"image": np.asarray([png, png], dtype=object)}, rows=2)
     out = answer(served, req, "v2")
     assert out["label"].tolist() == [b"7", b"7"] and out["probability"].shape == (2,)
+    # [n, 1], the shape the metadata declares (Triton's one value per row), reads the same.
+    req = InferRequest({"image": np.asarray([[png], [png]], dtype=object)}, rows=2)
+    assert answer(served, req, "v2")["label"].tolist() == [b"7", b"7"]
 
 
 def test_jpeg_and_light_on_dark_read_the_same(served: tuple[BoundHandler, Any]) -> None:
@@ -124,7 +127,7 @@ def _huge_png() -> bytes:
         (b64(_huge_png()), "image of 5000x5000 pixels is over the limit of 16777216"),
         (
             InferRequest({"image": np.zeros((1, 4), np.float32)}, rows=1),
-            "input 'image' must be a BYTES tensor of shape [n]",
+            "input 'image' must be a BYTES tensor of shape [n, 1] or [n]",
         ),
         (InferRequest({"pixels": np.zeros((1,), object)}, rows=1), "input 'image' must be a BYTES tensor"),
     ],
@@ -137,7 +140,7 @@ def test_bad_images_are_the_clients_400(served: tuple[BoundHandler, Any], reques
 
 def test_the_declared_signature_is_an_image_in_a_label_and_probability_out() -> None:
     assert handler_signature(DigitsHandler) == {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "probability", "datatype": "FP32", "shape": [-1]},

@@ -67,17 +67,18 @@ def test_an_image_round_trip_over_v1_and_v2(served: tuple[ServerProcess, ModelSt
     assert [p["label"] for p in predictions] == ["7", "7"] and 0 < predictions[0]["probability"] <= 1
     # The same answer as the handler and the model give in-process.
     meta = server.get(f"/v2/models/{NAME}").json()
-    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
     assert {o["name"] for o in meta["outputs"]} == {"label", "probability"}
 
     httpclient = pytest.importorskip("tritonclient.http")
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
     # BYTES in the binary extension (JSON BYTES are UTF-8 strings: no place for a PNG).
-    inp = httpclient.InferInput("image", [1], "BYTES")
-    inp.set_data_from_numpy(np.array([DIGIT_7.read_bytes()], dtype=object), binary_data=True)
-    result = client.infer(NAME, [inp])
-    assert result.as_numpy("label").tolist() == [b"7"]
-    assert 0 < float(result.as_numpy("probability")[0]) <= 1
+    for shape in ([1], [1, 1]):  # [n] and the declared [n, 1]
+        inp = httpclient.InferInput("image", shape, "BYTES")
+        inp.set_data_from_numpy(np.array([DIGIT_7.read_bytes()], dtype=object).reshape(shape), binary_data=True)
+        result = client.infer(NAME, [inp])
+        assert result.as_numpy("label").tolist() == [b"7"]
+        assert 0 < float(result.as_numpy("probability")[0]) <= 1
     client.close()
 
 
