@@ -137,7 +137,7 @@ def build_server(
         grpc.admin_key, grpc.admin_wait_s = cfg.admin_api_key, 3 * cfg.poll_interval + 2
         sidecars.append(grpc)
     consumers = cfg.api_servers + len(sidecars)  # every process that submits requests
-    requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers) for p in plans}
+    requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers, p.cfg.spin_ms / 1000) for p in plans}
     responses = ResponseChannels(consumers, [(p.cfg.name, w) for p in plans for w in range(p.cfg.workers)])
 
     observers = build_observers(cfg, phase_of=board_phase(board))  # traces, payload log: off by default

@@ -66,6 +66,10 @@ class ModelConfig(_Checked):
     """Extra wait for a fuller batch. 0: dispatch at once, batching whatever queued meanwhile."""
     workers: int = Field(default=1, ge=1)
     """Worker processes for this model, each with its own copy of it."""
+    spin_ms: float = Field(default=2.0, ge=0, le=100)
+    """At light load, how long a model's only worker keeps polling for the next request after
+    one, instead of sleeping: a request that comes meanwhile skips a process wake-up. Costs up to
+    this much CPU per request while requests come one at a time; 0: always sleep."""
     threads: int = Field(default=0, ge=0)
     """Intra-op threads per worker; 0 picks cores / (workers + API servers)."""
     trust_pickle: bool = False

@@ -41,7 +41,10 @@ _MAX_FRAME = 0x7FFFFFFF
 _HEADER = struct.Struct("!i")  # multiprocessing.Connection's framing
 _READ_SIZE = 1 << 16  # a pipe's buffer; larger reads allocate (mmap) and free a buffer each time
 _NOTHING = object()
-SWEEP_S = 0.1  # how often an HTTP process looks for requests past their inference timeout
+SWEEP_S = 0.1
+# A sole worker spins only while its reads find about one request each (light load). Under load
+# the next request is usually there already, and a spin would take the core the HTTP process needs.
+SPIN_BELOW_PER_READ = 1.5  # how often an HTTP process looks for requests past their inference timeout
 OnAnswer = Callable[["Outcome | Exception"], None]
 
 
@@ -75,7 +78,7 @@ class FrameReader:
 class RequestChannel:
     """Queue-like: `put` in HTTP processes (on the event loop), `get` in workers."""
 
-    def __init__(self, producers: int, consumers: int) -> None:
+    def __init__(self, producers: int, consumers: int, spin_s: float = 0.0) -> None:
         pipes = [_CTX.Pipe(duplex=False) for _ in range(producers)]
         self._readers: list[Connection] = [r for r, _ in pipes]
         self._writers: list[Connection] = [w for _, w in pipes]
@@ -91,12 +94,17 @@ class RequestChannel:
         self._poller: Any = None  # a consumer's select.poll over the pipes (made where it reads)
         self._received: deque[Any] = deque()  # a sole consumer's messages read ahead
         self._partial: dict[int, FrameReader] = {}
+        # After a request, a sole worker polls for the next one without sleeping for up to spin_s:
+        # waking a sleeping process costs more than the rest of its hop at one client.
+        self.spin_s = spin_s if consumers == 1 else 0.0
+        self._taken_at = 0.0
+        self._per_read = 1.0  # requests per read, smoothed
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
             _out=bytearray(), _fd=-1, _waiting_writable=False, _flush_due=False, _loop=None,
-            _poller=None, _received=deque(), _partial={},
+            _poller=None, _received=deque(), _partial={}, _taken_at=0.0, _per_read=1.0,
         )  # fmt: skip
         return state
 
@@ -142,6 +150,10 @@ class RequestChannel:
             self._poller = select.poll()
             for conn in self._readers:
                 self._poller.register(conn.fileno(), select.POLLIN)
+        if wait_s != 0.0 and self.spin_s and self._per_read < SPIN_BELOW_PER_READ:
+            now = self._spin(deadline)
+            if deadline is not None:
+                wait_s = max(0.0, deadline - now)
         while True:
             # Wait without the lock: a worker killed while waiting must not leave it held.
             events = self._poller.poll(None if wait_s is None else max(0, int(wait_s * 1000 + 0.999)))
@@ -149,11 +161,23 @@ class RequestChannel:
                 raise Empty
             item = self._take([fd for fd, _ in events])
             if item is not _NOTHING:
+                self._taken_at = time.monotonic()
                 return unpack_queued(item)
             if deadline is not None:  # another worker took it, or half a frame came; wait on
                 wait_s = deadline - time.monotonic()
                 if wait_s <= 0:
                     raise Empty
+
+    def _spin(self, deadline: float | None) -> float:
+        """Polls without sleeping until a request is readable or spin_s after the last one."""
+        now, until = time.monotonic(), self._taken_at + self.spin_s
+        if deadline is not None:
+            until = min(until, deadline)
+        poll = self._poller.poll
+        while now < until and not poll(0):
+            os.sched_yield()  # a runnable process on this core goes first
+            now = time.monotonic()
+        return now
 
     def _take(self, ready: list[int]) -> Any:
         """One message from a ready pipe. The model's only worker reads all that is queued at
@@ -168,7 +192,9 @@ class RequestChannel:
                 if not data:  # every writer is gone (as Connection.recv would say)
                     raise EOFError("the request channel was closed")
                 try:
-                    self._received.extend(reader.feed(data))
+                    got = reader.feed(data)
+                    self._per_read = 0.8 * self._per_read + 0.2 * len(got)
+                    self._received.extend(got)
                 except Exception:  # a worker before this one died mid-frame: resynchronise
                     log.error("dropped a garbled request stream; its requests time out")
                     self._partial[fd] = FrameReader()

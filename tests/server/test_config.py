@@ -33,6 +33,7 @@ MODEL_KEYS = [
     "max_rows_per_request",
     "policy",
     "rollout",
+    "spin_ms",
     "threads",
     "trust_pickle",
     "versions",

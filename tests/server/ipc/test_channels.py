@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing as mp
 import os
 import struct
+import threading
+import time
 from queue import Empty
 
 import numpy as np
@@ -163,3 +165,39 @@ def test_a_garbled_request_stream_is_dropped_and_the_next_request_is_served() ->
         channel.get(timeout=0.1)
     asyncio.run(produce())
     assert channel.get(timeout=1).uid == 1
+
+
+def test_a_worker_spins_briefly_after_a_request_at_light_load_and_then_sleeps() -> None:
+    """A request that comes while the worker spins is taken; an idle worker costs no CPU past
+    its spin (the spin ends spin_s after the last request, or at once under load)."""
+    channel = RequestChannel(producers=1, consumers=1, spin_s=0.05)
+    loop = asyncio.new_event_loop()
+
+    def put_later(uid: int, delay: float) -> None:
+        async def produce() -> None:
+            await asyncio.sleep(delay)
+            channel.put(queued(uid))
+            await asyncio.sleep(0)  # the flush
+
+        loop.run_until_complete(produce())
+
+    try:
+        put_later(0, 0)
+        assert channel.get(timeout=1).uid == 0
+        later = threading.Thread(target=put_later, args=(1, 0.01))
+        later.start()
+        assert channel.get(timeout=1).uid == 1  # came during the spin
+        later.join()
+        cpu = time.process_time()
+        with pytest.raises(Empty):
+            channel.get(timeout=0.5)  # spins up to 50 ms, then sleeps
+        assert time.process_time() - cpu < 0.25
+
+        busy = RequestChannel(producers=1, consumers=1, spin_s=5.0)
+        busy._per_read = 4.0  # reads were finding several requests each: no spin at all
+        cpu = time.process_time()
+        with pytest.raises(Empty):
+            busy.get(timeout=0.5)
+        assert time.process_time() - cpu < 0.25
+    finally:
+        loop.close()
