@@ -38,6 +38,7 @@ from litserve.transport.base import MessageTransport
 from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .http import ticker
 from .http.wire import edge_protocol
 from .ipc.channels import RequestChannel, ResponseChannels
 from .ipc.drain import stop_process
@@ -84,6 +85,11 @@ CONTRACT: tuple[Hook, ...] = (
     # uvicorn's, reached through LitServer.run's keyword arguments (http/wire.py subclasses it).
     Hook("HttpToolsProtocol", "__init__", ("config", "server_state", "app_state"), "self.app = config.loaded_app"),
     Hook("HttpToolsProtocol", "connection_made", ("transport",), "self.transport = transport"),
+    # uvicorn's server loop, replaced on LitServe's subclass by http/ticker.py's.
+    Hook("UvicornServer", "main_loop", (), "self.on_tick(counter)"),
+    Hook("UvicornServer", "on_tick", ("counter",), "self.should_exit"),
+    Hook("UvicornServer", "handle_exit", ("sig", "frame")),
+    Hook("UvicornServer", "capture_signals", (), "self.handle_exit"),
 )
 
 
@@ -97,6 +103,7 @@ def _litserve_parts() -> dict[str, Any]:
         "response_queue_to_buffer": litserve.server.response_queue_to_buffer,
         "inference_worker": litserve.loops.loops.inference_worker,
         "HttpToolsProtocol": HttpToolsProtocol,
+        "UvicornServer": uvicorn.server.Server,
     }
 
 
@@ -333,6 +340,9 @@ class LitServeHost:
         """Blocks until `stop`; the HTTP processes stop on SIGINT only (sent after the drain)."""
         # uvicorn's HTTP processes would stop on SIGTERM by themselves.
         uvicorn.server.HANDLED_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+        # An idle HTTP process wakes once a second, not ten times (http/ticker.py).
+        litserve.server._Server.main_loop = ticker.main_loop
+        litserve.server._Server.handle_exit = ticker.handle_exit
         host = self.wiring.listen_host
         bind_host = host if host in LITSERVE_HOSTS else ("::" if ":" in host else "0.0.0.0")
         self._server.run(

@@ -120,8 +120,9 @@ class Servables:
             if not self._known_failure(verdict):
                 self._load(verdict)
         changed = aspired != self._aspired
-        with self._lock:
-            self._aspired = aspired
+        if changed:  # an unchanged decision stays the same object: swap_if_ready has nothing to do
+            with self._lock:
+                self._aspired = aspired
         shadow = self.shadow
         if changed or (shadow is not None and shadow.evidence.to_dict() != self._reported):
             self._publish()  # the evidence reaches the supervisor at most once per watch

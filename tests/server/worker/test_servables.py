@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from server.config import ModelConfig
 from server.ipc.board import Board
 from server.ipc.messages import AspiredRecord
@@ -32,6 +35,39 @@ def test_a_new_decision_loads_and_swaps_only_between_batches() -> None:
     s.swap_if_ready()
     assert s.version == 2
     assert board.records("m", 1)[0]["version"] == 2
+
+
+class ManagerLikeDict(dict[str, Any]):
+    """Reads return copies and writes are counted, as through a multiprocessing Manager's proxy."""
+
+    writes = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(super().get(key, default))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def test_an_unchanged_decision_read_again_swaps_and_publishes_nothing() -> None:
+    """The watcher reads the decision twice a second; an idle worker must not answer each read
+    with a swap and a write to the supervisor's board (its process wakes for every write)."""
+    shared = ManagerLikeDict()
+    board = Board()
+    board.bind(shared)
+    s = Servables(ModelConfig(name="m"), board, 0, FakeLoader(), watch_s=60)  # type: ignore[arg-type]
+    aspire(board, 1)
+    s.refresh()
+    assert s.swap_if_ready() and s.version == 1
+    writes = shared.writes
+    for _ in range(3):
+        s.refresh()
+        assert not s.swap_if_ready()
+    assert shared.writes == writes and s.version == 1
+    aspire(board, 2)
+    s.refresh()
+    assert s.swap_if_ready() and s.version == 2 and shared.writes > writes + 1  # a change still lands
 
 
 def test_a_refused_version_keeps_the_old_one_and_is_not_retried_until_its_files_change() -> None:
