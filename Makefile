@@ -28,8 +28,10 @@ lint: $(BIN)/modeldock
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# Two test processes, each taking whole files (their module-scoped servers stay in one process).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: lint prometheus-tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # Debian's prometheus (with promtool) for tests/ops' rule and scrape tests: about 10 s to install.
 # Without root or apt-get those tests skip and say why.

@@ -3,11 +3,14 @@
 The supervisor writes one aspired record per model; workers read it (off the request path) and
 write one record per (model, worker); the HTTP processes read those for readiness and metadata.
 It is a multiprocessing-Manager dict bound before any worker or HTTP process starts, so a read
-or write is one IPC round trip: never on the per-request path.
+or write is one IPC round trip: never on the per-request path. A counter in shared memory moves
+with every decision the supervisor writes, so a worker looks at it, not at the Manager, to know
+whether there is anything new to read.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -20,6 +23,16 @@ class Board:
 
     def __init__(self) -> None:
         self._shared: MutableMapping[str, Any] | None = None
+        # Made before any worker is spawned (it travels with the spawn); an aligned 64-bit word
+        # needs no lock to read whole.
+        self._generation = mp.get_context("spawn").RawValue("Q", 0)
+
+    def generation(self) -> int:
+        """Moves after every decision or registry the supervisor writes (no IPC to read)."""
+        return int(self._generation.value)
+
+    def _moved(self) -> None:
+        self._generation.value += 1  # after the write: a reader seeing it finds the new record
 
     def bind(self, shared: MutableMapping[str, Any]) -> None:
         self._shared = shared
@@ -38,6 +51,7 @@ class Board:
 
     def aspire(self, model: str, record: AspiredRecord) -> None:
         self.shared[f"aspired/{model}"] = record
+        self._moved()
 
     def command(self, model: str, action: str) -> str:
         """An operator's action on a model, for the supervisor's next poll; returns its id."""
@@ -64,6 +78,7 @@ class Board:
 
     def list_models(self, listings: dict[str, Listing]) -> None:
         self.shared["registry"] = listings
+        self._moved()
 
     def models(self) -> dict[str, Listing]:
         found = self.shared.get("registry")

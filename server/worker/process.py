@@ -93,26 +93,37 @@ class ModelWorker:
         return servables
 
     # ---- the pool: models added while serving ---------------------------------------------------
-    def _follow_pool(self) -> None:
-        """Host every pool model the registry lists; a removed one unloads itself (its record)."""
+    def _follow_pool(self) -> bool:
+        """Host every pool model the registry lists; a removed one unloads itself (its record).
+        True while a removed one still drains (it is dropped once idle)."""
         listed = {name: listing for name, listing in self.plan.board.models().items() if listing.pool}
         hosted = dict(self.hosted)
         for name, listing in listed.items():
             if name not in hosted and not listing.removed:
                 hosted[name] = self._servables(listing.config)
+        pending = False
         for name, servables in list(hosted.items()):
             gone = name not in listed or listed[name].removed
             if gone and servables.idle:  # removed, and drained: its watcher ends with it
                 servables.stop()
                 del hosted[name]
+            pending = pending or (bool(gone) and name in hosted)
         self.hosted = hosted  # one assignment: the batch loop sees the old or the new dict
+        return pending
 
     def _watch_pool(self) -> None:
+        seen = -1
         while True:
             time.sleep(self.plan.watch_s)
+            generation = self.plan.board.generation()
+            if generation == seen:
+                continue  # nothing new in the registry, and no removed model left to drop
+            seen = generation
             try:
-                self._follow_pool()
+                if self._follow_pool():
+                    seen = -1  # a removed model still drains: look again next time
             except Exception:
+                seen = -1
                 log.exception("pool: could not read the registry")
 
     # ---- the batch loop ------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class Servables:
         self.last_seconds: dict[int, float] = {}  # compute time per version in the last batch
         self._former: int | None = None  # the default before the last change
         self._stopped = False
+        self._read_generation = -1  # the board's generation at the last read
         self._canary_credit = 0.0
         self._reported: dict[str, Any] = {}
         # Metrics hooks: a load's result (loaded|rejected|failed) and seconds; versions in service.
@@ -98,9 +99,18 @@ class Servables:
         while not self._stopped:  # a daemon thread: it ends with its worker process, or at stop()
             time.sleep(self.watch_s)
             try:
-                self.refresh()
+                self.watch_once()
             except Exception:  # the watcher must outlive any surprise (e.g. the board's process gone)
                 log.exception("%s: could not read the supervisor's decision; keeping %s", self.cfg.name, self.version)
+
+    def watch_once(self) -> None:
+        """Read the decision when the supervisor wrote one since the last read, or while a trial
+        runs (its evidence goes out from here); an idle worker otherwise reads nothing."""
+        generation = self.board.generation()
+        if generation == self._read_generation and self.shadow is None:
+            return
+        self._read_generation = generation  # before the read: a write during it is read next time
+        self.refresh()
 
     @property
     def version(self) -> int | None:

@@ -40,9 +40,10 @@ def test_a_new_decision_loads_and_swaps_only_between_batches() -> None:
 class ManagerLikeDict(dict[str, Any]):
     """Reads return copies and writes are counted, as through a multiprocessing Manager's proxy."""
 
-    writes = 0
+    writes = reads = 0
 
     def get(self, key: str, default: Any = None) -> Any:
+        self.reads += 1
         return copy.deepcopy(super().get(key, default))
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -50,23 +51,28 @@ class ManagerLikeDict(dict[str, Any]):
         super().__setitem__(key, value)
 
 
-def test_an_unchanged_decision_read_again_swaps_and_publishes_nothing() -> None:
-    """The watcher reads the decision twice a second; an idle worker must not answer each read
-    with a swap and a write to the supervisor's board (its process wakes for every write)."""
+def test_an_unchanged_decision_is_not_read_and_when_read_swaps_and_publishes_nothing() -> None:
+    """The watcher looks twice a second. An idle worker reads the board only when the supervisor
+    wrote to it, and an unchanged decision read again is neither applied nor re-published (the
+    board's process wakes for every read and write)."""
     shared = ManagerLikeDict()
     board = Board()
     board.bind(shared)
     s = Servables(ModelConfig(name="m"), board, 0, FakeLoader(), watch_s=60)  # type: ignore[arg-type]
     aspire(board, 1)
-    s.refresh()
+    s.watch_once()
     assert s.swap_if_ready() and s.version == 1
     writes = shared.writes
     for _ in range(3):
-        s.refresh()
+        s.refresh()  # read again, as a watcher without the board's generation would
         assert not s.swap_if_ready()
     assert shared.writes == writes and s.version == 1
+    reads = shared.reads
+    for _ in range(3):
+        s.watch_once()  # nothing new: the Manager is not even asked
+    assert shared.reads == reads
     aspire(board, 2)
-    s.refresh()
+    s.watch_once()
     assert s.swap_if_ready() and s.version == 2 and shared.writes > writes + 1  # a change still lands
 
 
