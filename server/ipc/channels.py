@@ -41,10 +41,10 @@ _MAX_FRAME = 0x7FFFFFFF
 _HEADER = struct.Struct("!i")  # multiprocessing.Connection's framing
 _READ_SIZE = 1 << 16  # a pipe's buffer; larger reads allocate (mmap) and free a buffer each time
 _NOTHING = object()
-SWEEP_S = 0.1
+SWEEP_S = 0.1  # how often an HTTP process looks for requests past their inference timeout
 # A sole worker spins only while its reads find about one request each (light load). Under load
 # the next request is usually there already, and a spin would take the core the HTTP process needs.
-SPIN_BELOW_PER_READ = 1.5  # how often an HTTP process looks for requests past their inference timeout
+SPIN_BELOW_PER_READ = 1.5
 OnAnswer = Callable[["Outcome | Exception"], None]
 
 

@@ -110,7 +110,11 @@ class Servables:
         if generation == self._read_generation and self.shadow is None:
             return
         self._read_generation = generation  # before the read: a write during it is read next time
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception:
+            self._read_generation = -1  # read again next time, as if nothing had been read
+            raise
 
     @property
     def version(self) -> int | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from server.config import ModelConfig
 from server.ipc.board import Board
 from server.ipc.messages import AspiredRecord
@@ -41,8 +43,11 @@ class ManagerLikeDict(dict[str, Any]):
     """Reads return copies and writes are counted, as through a multiprocessing Manager's proxy."""
 
     writes = reads = 0
+    down = False  # the Manager's process unreachable
 
     def get(self, key: str, default: Any = None) -> Any:
+        if self.down:
+            raise ConnectionRefusedError("the board's process is gone")
         self.reads += 1
         return copy.deepcopy(super().get(key, default))
 
@@ -74,6 +79,15 @@ def test_an_unchanged_decision_is_not_read_and_when_read_swaps_and_publishes_not
     aspire(board, 2)
     s.watch_once()
     assert s.swap_if_ready() and s.version == 2 and shared.writes > writes + 1  # a change still lands
+
+    # A decision that could not be read is read at the next look, not at the next decision.
+    aspire(board, 3)
+    shared.down = True
+    with pytest.raises(ConnectionRefusedError):
+        s.watch_once()
+    shared.down = False
+    s.watch_once()
+    assert s.swap_if_ready() and s.version == 3
 
 
 def test_a_refused_version_keeps_the_old_one_and_is_not_retried_until_its_files_change() -> None:
