@@ -57,6 +57,9 @@ class Sidecar(Protocol):
     def stop(self) -> None:
         """Called after the drain, before the workers stop."""
 
+    def ensure_running(self) -> None:
+        """Called at each poll of the store: start the process again if it died."""
+
 
 @dataclass
 class Supervisor:
@@ -84,6 +87,10 @@ class Supervisor:
     def on_stop(self) -> None:
         for sidecar in self.sidecars:
             sidecar.stop()
+
+    def check_sidecars(self) -> None:
+        for sidecar in self.sidecars:
+            sidecar.ensure_running()
 
 
 def build_server(
@@ -184,6 +191,13 @@ def build_server(
         grace_s=cfg.grace_period_s,
     )
     supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, make_directory)
+    reread_config = control_loop.before_poll
+
+    def before_poll() -> None:
+        supervisor.check_sidecars()
+        reread_config()
+
+    control_loop.before_poll = before_poll
     return supervisor
 
 

@@ -49,9 +49,12 @@ class GrpcSidecar:
         self.start_timeout_s = start_timeout_s
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._started_with: tuple[int, ModelDirectory, Drain] | None = None
+        self._stopping = False
 
     def start(self, index: int, directory: ModelDirectory, drain: Drain) -> None:
         """Forks the gRPC process and waits until it listens; raises GrpcStartError if it cannot."""
+        self._started_with = (index, directory, drain)
         ctx = mp.get_context("fork")
         conn, child_conn = ctx.Pipe()
         args: tuple[Any, ...] = (self.host, self.port, self.api_key, self.models, self.board, directory)
@@ -73,8 +76,24 @@ class GrpcSidecar:
             raise GrpcStartError(f"gRPC server did not start: {message[1]}")
         log.info("gRPC serving on %s:%s (pid %s)", self.host, message[1], self._proc.pid)
 
+    def ensure_running(self) -> None:
+        """Starts the gRPC process again if it died (killed, out of memory): gRPC clients must not
+        stay refused while REST answers. Called from the supervisor's poll; never once stopping."""
+        if self._stopping or self._proc is None or self._proc.is_alive() or self._started_with is None:
+            return
+        index, directory, drain = self._started_with
+        if drain.flag.is_set():
+            return
+        log.error("gRPC process %s exited with code %s; starting it again", self._proc.pid, self._proc.exitcode)
+        drain.inflight[index].value = 0  # its calls in flight died with it
+        try:
+            self.start(index, directory, drain)
+        except GrpcStartError as e:
+            log.error("%s; trying again at the next poll", e)
+
     def stop(self) -> None:
         """After the drain: the process answers its in-flight calls, then exits."""
+        self._stopping = True
         if self._proc is None or self._conn is None:
             return
         try:

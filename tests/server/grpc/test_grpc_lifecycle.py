@@ -1,5 +1,6 @@
 """The gRPC process's life: a port already taken stops the server at start-up with a clear
-message; SIGTERM drains gRPC calls like REST ones (in-flight answered, new ones UNAVAILABLE)."""
+message; SIGTERM drains gRPC calls like REST ones (in-flight answered, new ones UNAVAILABLE); a
+gRPC process that dies is started again."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
+from bench.procs import holders
 from model_store import ModelStore
 from tests.conftest import publish_tiny
 from tests.server.conftest import ServerProcess
@@ -100,3 +102,35 @@ def test_sigterm_answers_grpc_calls_in_flight_and_refuses_new_ones(tmp_path: Pat
     finally:
         server.http.stop()
         server.port_holder.close()
+
+
+def test_a_grpc_process_that_dies_is_started_again_while_rest_keeps_answering(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    publish_tiny(store, seed=0)
+    server = start_grpc_server(tmp_path, store.root, {"poll_interval": 0.3})
+    try:
+        server.http.wait_until("/v2/health/ready")
+        server.port_holder.close()
+        client = tg.InferenceServerClient(server.grpc_url)
+        got = client.infer("tiny", [rows_input(ROWS)]).as_numpy("output")
+        assert got is not None and np.allclose(got, expected(0, ROWS), atol=1e-5)
+        port = int(server.grpc_url.rsplit(":", 1)[1])
+        (grpc_pid,) = holders(server.http.proc.pid, port)
+        os.kill(grpc_pid, signal.SIGKILL)  # as the kernel's OOM killer would
+
+        deadline, answered = time.monotonic() + 60, False
+        while time.monotonic() < deadline and not answered:
+            assert server.http.post("/v2/models/tiny/infer", {"inputs": [rest_input(ROWS)]}).status_code == 200
+            with contextlib.suppress(InferenceServerException):
+                answered = client.infer("tiny", [rows_input(ROWS)]).as_numpy("output") is not None
+            time.sleep(0.2)
+        assert answered, f"gRPC never answered again:\n{server.http.log_path.read_text()[-3000:]}"
+        assert holders(server.http.proc.pid, port) - {grpc_pid}, "a new gRPC process holds the port"
+        assert "exited with code -9; starting it again" in server.http.log_path.read_text()
+        client.close()
+    finally:
+        server.http.stop()
+
+
+def rest_input(rows: list[list[float]]) -> dict[str, Any]:
+    return {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}
