@@ -1,4 +1,5 @@
-"""An idle server's HTTP process sleeps: uvicorn's own loop woke it ten times a second."""
+"""An idle server sleeps and stays quiet: its HTTP process wakes about once a second (uvicorn's
+own loop woke it ten times a second), and no process runs onnxruntime's telemetry sender."""
 
 from __future__ import annotations
 
@@ -19,13 +20,21 @@ def wakeups(pid: int) -> int:
     raise AssertionError(f"no context switch count for {pid}")
 
 
+def environment(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 def test_an_idle_http_process_wakes_about_once_a_second(tmp_path: Path, start_server: Any) -> None:
     store = ModelStore(tmp_path / "models")
     publish_tiny(store, "tiny")
     server: ServerProcess = start_server(store.root, {"api_servers": 1})
     server.wait_until("/v2/health/ready")
     assert server.post("/v2/models/tiny/infer", infer_body([[0.1, 0.2, 0.3, 0.4]])).status_code == 200
-    (http,) = [pid for pid, role in roles("modeldock", server.proc.pid, server.port).items() if role == "HTTP server"]
+    found = roles("modeldock", server.proc.pid, server.port)
+    (http,) = [pid for pid, role in found.items() if role == "HTTP server"]
+    # The workers are spawned (exec'd): their environment at start shows what the main process set.
+    workers = [pid for pid, role in found.items() if role == "inference worker"]
+    assert workers and all(b"ORT_DISABLE_TELEMETRY=1" in environment(pid) for pid in workers)
     time.sleep(1.0)  # the answer's own work is over
     before = wakeups(http)
     time.sleep(4.0)
