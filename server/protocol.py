@@ -45,6 +45,12 @@ class InferRequest:
     rows: int = 0
 
 
+def is_count(text: str) -> bool:
+    """ASCII digits only. `str.isdigit()` also accepts "²", which `int()` refuses (a 500 where a
+    404 or 400 belongs), and other scripts' digits, which no client means as a version."""
+    return text.isascii() and text.isdigit()
+
+
 def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):

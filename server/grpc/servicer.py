@@ -28,6 +28,7 @@ from ..http.replies import api_key_problem
 from ..http.routes import Routes
 from ..ipc.drain import Drain
 from ..metrics import LATENCY_BUCKETS
+from ..protocol import is_count
 from .codec import decode_request, encode_response, grpc_code_name
 from .gen import grpc_service_pb2 as pb
 from .gen import health_pb2
@@ -55,7 +56,7 @@ class GrpcMetrics:
 def _version(name: str, version: str) -> int | None:
     if not version:
         return None
-    if not version.isdigit() or int(version) < 1:
+    if not is_count(version) or int(version) < 1:
         raise not_found(f"model {name!r} has no version {version!r}")
     return int(version)
 

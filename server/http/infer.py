@@ -23,7 +23,7 @@ from ..errors import ServingError, not_found, unavailable
 from ..ipc.channels import OnAnswer, RequestChannel, ResponseChannels, WorkerLost
 from ..ipc.messages import Outcome, Queued, Work
 from ..metrics import metrics
-from ..protocol import HEADER_LENGTH, InferRequest, decode_infer, decode_instances, encode_infer
+from ..protocol import HEADER_LENGTH, InferRequest, decode_infer, decode_instances, encode_infer, is_count
 from .encoding import decode_content
 from .replies import Reply, error_reply
 
@@ -123,7 +123,7 @@ class InferHandler:
         seen: dict[str, Any] = {}  # what the observers get to see of this request
         name = self.cfg.name
         try:
-            if version is not None and (not version.isdigit() or int(version) < 1):
+            if version is not None and (not is_count(version) or int(version) < 1):
                 raise not_found(f"model {name!r} has no version {version!r}")
             self._check_room()
             body = self._whole_body(body, headers.get("content-length"))
@@ -253,7 +253,7 @@ class InferHandler:
     def _check_declared(self, declared: str | None) -> int:
         """413 for a declared length over the limit, before any byte is read; the limit."""
         limit = self.cfg.max_request_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and is_count(declared) and int(declared) > limit:
             raise ServingError(413, f"request body of {declared} bytes is over the limit of {limit}")
         return limit
 

@@ -18,6 +18,7 @@ from ..errors import ServingError, not_found, unavailable
 from ..ipc.board import Board
 from ..ipc.messages import WorkerRecord
 from ..metrics import exposition
+from ..protocol import is_count
 from .directory import ModelDirectory
 from .replies import check_api_key, error_reply, to_response
 
@@ -63,7 +64,7 @@ class Routes:
         """ "ready" in every worker, else the first worker's state; 404 outside the loaded set."""
         records = self.records(name)
         states = [r.get("loaded", {}).get(version) for r in records]
-        if not version.isdigit() or states[0] is None:
+        if not is_count(version) or states[0] is None:
             loaded = sorted(int(v) for v in records[0].get("loaded", {}))
             raise not_found(f"version {version!r} of model {name!r} is not loaded (loaded: {loaded})")
         return "ready" if all(st == "ready" for st in states) else next(st for st in states if st != "ready") or ""

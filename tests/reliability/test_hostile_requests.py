@@ -132,6 +132,9 @@ CASES = [
     ("encoded slash", "/v2/models/..%2F..%2Fetc/infer", json.dumps(GOOD).encode(), {}, 404, ""),
     ("version traversal", "/v2/models/tiny/versions/..%2F1/infer", json.dumps(GOOD).encode(), {}, 404, ""),
     ("negative version", "/v2/models/tiny/versions/-1/infer", json.dumps(GOOD).encode(), {}, 404, "no version"),
+    # U+00B2 and U+0661 pass str.isdigit(); int() refuses the first (it was a 500) and reads the second as 1.
+    ("superscript version", "/v2/models/tiny/versions/%C2%B2/infer", json.dumps(GOOD).encode(), {}, 404, "no version"),
+    ("Arabic-Indic version", "/v2/models/tiny/versions/%D9%A1/infer", json.dumps(GOOD).encode(), {}, 404, "no version"),
     ("body over the limit", "/v2/models/tiny/infer", b"{" + b" " * (2 << 20) + b"}", {}, 413, "over the limit"),
 ]
 
