@@ -86,6 +86,8 @@ class GrpcSidecar:
             return
         log.error("gRPC process %s exited with code %s; starting it again", self._proc.pid, self._proc.exitcode)
         drain.inflight[index].value = 0  # its calls in flight died with it
+        if self._conn is not None:
+            self._conn.close()  # the dead process's pipe; start() opens a new one
         try:
             self.start(index, directory, drain)
         except GrpcStartError as e:
