@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ def start_grpc_server(base: Path, store: Path, config: dict[str, Any], name: str
     return GrpcServer(srv, f"127.0.0.1:{port}", holder)
 
 
+@contextlib.contextmanager
+def serving_grpc(base: Path, store: Path, config: dict[str, Any]) -> Iterator[GrpcServer]:
+    """A started server once every model is ready, stopped (its port released) afterwards."""
+    server = start_grpc_server(base, store, config)
+    try:
+        server.http.wait_until("/v2/health/ready")  # every model (per-model readiness needs the key)
+        yield server
+    finally:
+        server.http.stop()
+        server.port_holder.close()
+
+
 @pytest.fixture(scope="module")
 def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     base = tmp_path_factory.mktemp("grpc")
@@ -64,10 +77,5 @@ def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer
     publish_tiny(store, name="shared", seed=0)
     publish_tiny(store, name="limited")
     store.publish("slow", SlowModel(), example_inputs=example_input(), model_factory=SlowModel, formats=("state_dict",))
-    server = start_grpc_server(base, store.root, CONFIG)
-    try:
-        server.http.wait_until("/v2/health/ready")  # every model (per-model readiness needs the key)
+    with serving_grpc(base, store.root, CONFIG) as server:
         yield server
-    finally:
-        server.http.stop()
-        server.port_holder.close()

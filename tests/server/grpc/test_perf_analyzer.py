@@ -22,7 +22,7 @@ import yaml
 
 from model_store import ModelStore
 from tests.conftest import publish_tiny
-from tests.server.grpc.conftest import GrpcServer, start_grpc_server
+from tests.server.grpc.conftest import GrpcServer, serving_grpc
 
 ROOT = Path(__file__).resolve().parents[3]
 BINARY = Path(os.environ.get("PERF_ANALYZER", ROOT / ".venv" / "peers" / "perf_analyzer" / "perf_analyzer"))
@@ -38,13 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     base = tmp_path_factory.mktemp("perf")
     store = ModelStore(base / "models")
     publish_tiny(store)
-    srv = start_grpc_server(base, store.root, {"models": {"tiny": {"max_batch_size": 8}}})
-    try:
-        srv.http.wait_until("/v2/health/ready")
+    with serving_grpc(base, store.root, {"models": {"tiny": {"max_batch_size": 8}}}) as srv:
         yield srv
-    finally:
-        srv.http.stop()
-        srv.port_holder.close()
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +47,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory, digits_store: Path) -> Iterat
     """`make serve`: the digits demo behind its image handler, configured by serve.yaml."""
     base = tmp_path_factory.mktemp("perf-demo")
     shutil.copytree(digits_store, base / "models")
-    srv = start_grpc_server(base, base / "models", yaml.safe_load((ROOT / "serve.yaml").read_text()))
-    try:
-        srv.http.wait_until("/v2/health/ready")
+    with serving_grpc(base, base / "models", yaml.safe_load((ROOT / "serve.yaml").read_text())) as srv:
         yield srv
-    finally:
-        srv.http.stop()
-        srv.port_holder.close()
 
 
 def measure(server: GrpcServer, protocol: str, model: str, concurrency: str, *extra: str) -> str:
