@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from model_store import ModelStore, StoreError
 
@@ -26,11 +26,14 @@ from .control.config_reload import ConfigReload
 from .control.models import ControlLoop, ModelControl
 from .control.registry import POOL, Registry, allow_rule
 from .control.source import log_new_models
+from .dataplane.directory import ModelDirectory
+from .dataplane.endpoint import ModelEndpoint
+from .dataplane.repository import Repository
+from .dataplane.status import ServingStatus
 from .grpc.sidecar import GrpcSidecar, GrpcStartError
 from .handlers import HandlerNotFound, load_handler
 from .http import extensions
 from .http.admin import AdminRoutes
-from .http.directory import ModelDirectory
 from .http.edge import Edge
 from .http.infer import InferHandler
 from .http.routes import Routes
@@ -45,13 +48,19 @@ from .worker.loader import default_threads
 from .worker.process import WorkerPlan
 
 log = logging.getLogger("modeldock")
+E = TypeVar("E", bound=ModelEndpoint)
+
+
+def admin_wait_s(cfg: ServerConfig) -> float:
+    """How long an admin call waits for the supervisor's poll to apply it (then 202)."""
+    return 3 * cfg.poll_interval + 2
 
 
 class Sidecar(Protocol):
     """A process the supervisor runs beside LitServe's HTTP processes that takes requests to the
     same workers through its own channel slot (e.g. the gRPC server)."""
 
-    def start(self, index: int, directory: ModelDirectory, drain: Drain) -> None:
+    def start(self, index: int, directory: ModelDirectory[ModelEndpoint], drain: Drain) -> None:
         """Called once the board is bound, before workers and HTTP processes start."""
 
     def stop(self) -> None:
@@ -72,7 +81,7 @@ class Supervisor:
     drain: Drain
     host: LitServeHost
     sidecars: Sequence[Sidecar] = ()
-    make_directory: Callable[[Callable[[], int]], ModelDirectory] | None = None
+    make_directory: Callable[[Callable[[], int]], ModelDirectory[ModelEndpoint]] | None = None
 
     def on_shared_dict(self, shared: MutableMapping[str, Any]) -> None:
         """LitServe's Manager is up and no worker has started: publish the first decisions."""
@@ -141,7 +150,7 @@ def build_server(
     sidecars: list[Sidecar] = []
     if cfg.grpc_port:
         grpc = GrpcSidecar(cfg.host, cfg.grpc_port, cfg.api_key, configs, board, cfg.grace_period_s)
-        grpc.admin_key, grpc.admin_wait_s = cfg.admin_api_key, 3 * cfg.poll_interval + 2
+        grpc.admin_key, grpc.admin_wait_s = cfg.admin_api_key, admin_wait_s(cfg)
         sidecars.append(grpc)
     consumers = cfg.api_servers + len(sidecars)  # every process that submits requests
     requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers, p.cfg.spin_ms / 1000) for p in plans}
@@ -149,26 +158,26 @@ def build_server(
 
     observers = build_observers(cfg, phase_of=board_phase(board))  # traces, payload log: off by default
 
-    def make_directory(process_index: Callable[[], int]) -> ModelDirectory:
-        """One per submitting process (each HTTP process, the gRPC one): its handlers, and the pool's."""
+    def endpoints(kind: type[E], process_index: Callable[[], int]) -> ModelDirectory[E]:
+        """One per submitting process (each HTTP process, the gRPC one): its endpoints, and the pool's."""
         handlers = {
-            mc.name: InferHandler(mc, cfg.api_servers, requests[mc.name], responses, process_index, observers)
-            for mc in configs
+            mc.name: kind(mc, cfg.api_servers, requests[mc.name], responses, process_index, observers) for mc in configs
         }
 
-        def make_pool_handler(mc: ModelConfig) -> InferHandler:
-            return InferHandler(mc, cfg.api_servers, requests[POOL], responses, process_index, observers, POOL)
+        def make_pool_handler(mc: ModelConfig) -> E:
+            return kind(mc, cfg.api_servers, requests[POOL], responses, process_index, observers, POOL)
 
         return ModelDirectory(configs, board, handlers, make_pool_handler if pooled else None, cfg.pool_workers)
 
     drain = Drain(consumers, cfg.grace_period_s)
-    directory = make_directory(http_process_index)
-    routes = Routes(directory, board, cfg.api_key)
-    admin = AdminRoutes(directory, board, cfg.admin_api_key, wait_s=3 * cfg.poll_interval + 2)
+    directory = endpoints(InferHandler, http_process_index)
+    status = ServingStatus(directory, board)
+    routes = Routes(status, cfg.api_key)
+    admin = AdminRoutes(Repository(directory, board, admin_wait_s(cfg)), cfg.admin_api_key)
 
     def register_routes(app: Any) -> None:
         # Before the per-model routes: `/v2/models/stats` is not a model named "stats".
-        extensions.register(app, routes)
+        extensions.register(app, status, cfg.api_key)
         admin.register(app)
         routes.register(app)
 
@@ -190,7 +199,8 @@ def build_server(
         listen_host=cfg.host,
         grace_s=cfg.grace_period_s,
     )
-    supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, make_directory)
+    grpc_endpoints = functools.partial(endpoints, ModelEndpoint)  # gRPC's codec needs no more
+    supervisor = Supervisor(cfg, store, control_loop, board, drain, LitServeHost(wiring), sidecars, grpc_endpoints)
     reread_config = control_loop.before_poll
 
     def before_poll() -> None:

@@ -126,6 +126,11 @@ class Metrics:
             ["model"],
             buckets=LATENCY_BUCKETS,
         )
+        self.cancelled = Counter(
+            "modeldock_cancelled_requests_total",
+            "Requests dropped before a batch: their client left or cancelled (client_gone), or their deadline passed (deadline)",
+            ["model", "reason"],
+        )
         self.load = Histogram(
             "modeldock_version_load_seconds",
             "Time to load, validate and warm up a version",

@@ -145,7 +145,7 @@ class FakeSource:
         self.next = Aspired()
         self.error: Exception | None = None
         self.versions = VersionSet()
-        self.excluded = lambda version, manifest: False  # set by ModelControl: a rollout's rejections
+        self.excluded = lambda version, manifest: ""  # set by ModelControl: a rollout's rejections
         self.also: set[int] = set()
 
     def offer(self, version: int | None, valid: list[int] | None = None, stamp: int = 0, **kw: object) -> None:
@@ -174,7 +174,8 @@ class FakeSource:
             choice = max(others, default=None)
         wanted = set(self.versions.select(aspired.valid, choice)) | (set(also) & set(aspired.valid))
         verdicts = {v: fake_verdict(v, self.stamps.get(v, 0)) for v in sorted(wanted)}
-        return dataclasses.replace(aspired, verdicts=verdicts, default=choice)
+        set_aside = {v: why for v in aspired.valid if (why := self.excluded(v, manifest(v)))}
+        return dataclasses.replace(aspired, verdicts=verdicts, default=choice, set_aside=set_aside)
 
 
 class FakeLoader:
@@ -204,6 +205,10 @@ class FakeRequests:
     def __init__(self, items: list[object] | None = None) -> None:
         self.items = list(items or [])
         self.waits: list[float | None] = []
+        self.cancels: set[tuple[int, int]] = set()  # (consumer, uid) whose client left
+
+    def cancelled(self, consumer: int, uid: int) -> bool:
+        return (consumer, uid) in self.cancels
 
     def get(self, block: bool = True, timeout: float | None = None):  # type: ignore[no-untyped-def]
         from queue import Empty

@@ -20,7 +20,7 @@ from model_store.policy import VersionPolicy
 
 from ..config import ModelConfig
 from ..ipc.board import Board
-from ..ipc.messages import AspiredRecord
+from ..ipc.messages import DONE, MODEL_ACTIONS, ROLLOUT_ACTIONS, Ack, AspiredRecord, Command
 from .decisions import Decisions
 from .rollout import Plan, Rollout
 from .source import Aspired, StoreSource
@@ -44,8 +44,8 @@ def _ignore_polled(model: ModelControl, before: AspiredRecord) -> None:
     pass
 
 
-def _refuse(action: str, name: str) -> str:
-    return "409 models cannot be loaded or unloaded here (pool_workers is 0)"
+def _refuse(command: Command) -> Ack:
+    return Ack(409, "models cannot be loaded or unloaded here (pool_workers is 0)")
 
 
 def _one(name: str) -> int:
@@ -60,8 +60,6 @@ class ModelControl:
         self.record = AspiredRecord(policy=cfg.policy, labels=dict(cfg.labels))
         self.rollout = Rollout(cfg.name, decisions)
         source.excluded = self.rollout.rejected
-        self.reports: list[Mapping[str, Any]] = []  # the workers' evidence, set before each poll
-        self.command = ""  # an operator's "promote" or "abort", set before a poll
         self._at_once = False  # the operator changed the policy: no trial for its choice
         self.removed = ""  # set by the registry: why this model is not served any more
         # The operator's per-version word (admin API), per replica until a restart.
@@ -74,8 +72,9 @@ class ModelControl:
         self._logged_at = 0.0
         self.on_rejected: Callable[[str], None] = _ignore_rejection  # metrics hook
 
-    def poll(self) -> AspiredRecord:
-        """One refresh of the decision; never raises."""
+    def poll(self, reports: Sequence[Mapping[str, Any]] = (), command: Command | None = None) -> AspiredRecord:
+        """One refresh of the decision; never raises. `reports`: the workers' evidence on the
+        candidate; `command`: an operator's promote or abort for it."""
         if self.removed:
             self.record = AspiredRecord(policy=self.cfg.policy, removed=self.removed)
             return self.record
@@ -98,10 +97,10 @@ class ModelControl:
         self._log_rejections(aspired)
         if aspired.settling:
             return self.record
-        self.record = self._decide(aspired)
+        self.record = self._decide(aspired, reports, command.action if command is not None else "")
         return self.record
 
-    def _decide(self, aspired: Aspired) -> AspiredRecord:
+    def _decide(self, aspired: Aspired, reports: Sequence[Mapping[str, Any]], command: str) -> AspiredRecord:
         previous = self.record
         verdicts, choice, note = dict(aspired.verdicts), aspired.default, ""
         serving = previous.default
@@ -115,8 +114,7 @@ class ModelControl:
             verdicts[serving] = previous.verdicts[serving]
             plan = Plan(serving, text=self.rollout.text)
         else:
-            command, self.command = self.command, ""
-            plan = self.rollout.step(self.cfg.rollout, serving, choice, verdicts, self.reports, command, self._at_once)
+            plan = self.rollout.step(self.cfg.rollout, serving, choice, verdicts, reports, command, self._at_once)
             self._at_once = False
         # Load the policy's window, the default and the candidate, with the operator's changes.
         keep = set(self.source.versions.select(aspired.valid, choice)) - self.excluded
@@ -136,7 +134,7 @@ class ModelControl:
             plan.default,
             dict(self.cfg.labels),
             aspired.valid,
-            aspired.rejected,
+            self._rejected(aspired, previous),
             aspired.pending,
             note,
             self.cfg.policy,
@@ -154,29 +152,28 @@ class ModelControl:
             self.source.policy = VersionPolicy.parse(cfg.policy)
         self.source.versions = VersionSet.parse(cfg.versions)
 
-    def operate(self, action: str) -> str:
-        """The operator's `load_version:N`, `unload_version:N`, `pin:N` or `unpin`; "" when done,
-        else "<HTTP status> why not"."""
-        verb, _, arg = action.partition(":")
+    def operate(self, command: Command) -> Ack:
+        """The operator's `load_version`, `unload_version`, `pin` (of `command.version`) or `unpin`."""
+        verb, version = command.action, command.version
         if verb == "unpin":
             self.pinned = None
             self.source.policy = VersionPolicy.parse(self.cfg.policy)
             self._at_once = True
-            return ""
-        if not arg.isdigit() or int(arg) < 1:
-            return f"400 {verb} needs a version number, got {arg!r}"
-        version = int(arg)
+            return DONE
+        if version is None or version < 1:
+            return Ack(400, f"{verb} needs a version number, got {version!r}")
         valid = self.record.valid
         if verb in ("load_version", "pin") and version not in valid:
-            return (
-                f"404 version {version} of model {self.cfg.name!r} is not a valid version in the store (valid: {valid})"
+            return Ack(
+                404,
+                f"version {version} of model {self.cfg.name!r} is not a valid version in the store (valid: {valid})",
             )
         if verb == "load_version":
             self.extra.add(version)
             self.excluded.discard(version)
         elif verb == "unload_version":
             if version == self.record.default:
-                return f"409 version {version} answers requests that name no version; pin another one first"
+                return Ack(409, f"version {version} answers requests that name no version; pin another one first")
             self.excluded.add(version)
             self.extra.discard(version)
         elif verb == "pin":
@@ -185,8 +182,8 @@ class ModelControl:
             self.excluded.discard(version)
             self._at_once = True  # the operator's choice: no trial
         else:
-            return f"400 unknown action {verb!r}"
-        return ""
+            return Ack(400, f"unknown action {verb!r}")
+        return DONE
 
     def label_problems(self) -> list[str]:
         """Labels that name a version this decision does not load."""
@@ -196,6 +193,16 @@ class ModelControl:
             for label, version in self.cfg.labels.items()
             if version not in self.record.verdicts
         ]
+
+    def _rejected(self, aspired: Aspired, previous: AspiredRecord) -> dict[int, str]:
+        """The store's rejections and the rollout's (one just made included), for the metadata."""
+        rejected = aspired.rejected | aspired.set_aside
+        tried = previous.candidate
+        if tried is not None and tried not in rejected and tried in previous.verdicts:
+            why = self.rollout.rejected(tried, previous.verdicts[tried].manifest)
+            if why:
+                rejected[tried] = why
+        return rejected
 
     def _log_rejections(self, aspired: Aspired) -> None:
         for version, reason in aspired.rejected.items():
@@ -235,7 +242,7 @@ class ControlLoop:
         self.models = {m.cfg.name: m for m in models}  # grows and shrinks with the registry
         self.board, self.interval, self.before_poll = board, interval, before_poll
         self.discover: Callable[[], None] = _nothing  # the registry's look for models that came or went
-        self.repository: Callable[[str, str], str] = _refuse  # the registry's load/unload
+        self.repository: Callable[[Command], Ack] = _refuse  # the registry's load/unload
         self.workers: Callable[[str], int] = _one  # worker processes that report on a model
         self._stop = threading.Event()
         self.on_polled: Callable[[ModelControl, AspiredRecord], None] = _ignore_polled  # metrics hook
@@ -243,33 +250,40 @@ class ControlLoop:
     def poll_all(self) -> None:
         self.before_poll()
         self.discover()
-        acks: dict[str, str] = {}  # command id -> model, for rollout commands answered after the poll
-        for cid, name, action in self.board.take_commands():
-            self._command(cid, name, action, acks)
+        # Rollout commands go into the model's poll and are answered after it; the rest at once.
+        rollout: dict[str, tuple[str, Command | None]] = {}  # model -> (command id, command)
+        for cid, command in self.board.take_commands():
+            ack = self._command(command)
+            if ack is None:
+                if command.model in rollout:  # two in one poll: the later one counts
+                    self.board.ack(rollout[command.model][0], Ack(409, "superseded by a later command"))
+                rollout[command.model] = (cid, command)
+            else:
+                self.board.ack(cid, ack)
         for model in list(self.models.values()):
+            name = model.cfg.name
+            reports: list[Mapping[str, Any]] = []
             if model.record.candidate is not None:  # evidence matters only on trial
-                records = self.board.records(model.cfg.name, self.workers(model.cfg.name))
-                model.reports = [r.get("rollout") or {} for r in records]
+                reports = [r.get("rollout") or {} for r in self.board.records(name, self.workers(name))]
             before = model.record
-            after = model.poll()
+            cid, asked = rollout.get(name, ("", None))
+            after = model.poll(reports, asked)
             if after != before:
-                self.board.aspire(model.cfg.name, after)
+                self.board.aspire(name, after)
             self.on_polled(model, before)
-        for cid, name in acks.items():
-            self.board.ack(cid, "" if self.models[name].record.candidate is None else "still on trial")
+            if cid:
+                self.board.ack(cid, DONE if after.candidate is None else Ack(409, "still on trial"))
 
-    def _command(self, cid: str, name: str, action: str, acks: dict[str, str]) -> None:
-        if action in ("load", "unload"):
-            self.board.ack(cid, self.repository(action, name))
-            return
-        model = self.models.get(name)
+    def _command(self, command: Command) -> Ack | None:
+        """The answer to a command applied now; None for a rollout command (applied by the poll)."""
+        if command.action in MODEL_ACTIONS:
+            return self.repository(command)
+        model = self.models.get(command.model)
         if model is None:
-            self.board.ack(cid, f"404 model {name!r} is not served")
-        elif action in ("promote", "abort"):
-            model.command = action
-            acks[cid] = name
-        else:
-            self.board.ack(cid, model.operate(action))
+            return Ack(404, f"model {command.model!r} is not served")
+        if command.action in ROLLOUT_ACTIONS:
+            return None
+        return model.operate(command)
 
     def publish_all(self) -> None:
         """Put every current decision on the board (once it is bound, before workers start)."""

@@ -21,7 +21,7 @@ from model_store.store import check_name
 
 from ..config import ModelConfig
 from ..ipc.board import Board
-from ..ipc.messages import Listing
+from ..ipc.messages import DONE, Ack, Command, Listing
 from .models import ModelControl
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Registry:
 
     def publish(self) -> None:
         self.board.list_models(dict(self.listings))
-        self.board.shared["store_models"] = list(self.in_store)
+        self.board.list_store(self.in_store)
 
     # ---- one poll ------------------------------------------------------------------------------
     def discover(self) -> None:
@@ -103,32 +103,31 @@ class Registry:
             control.removed = reason
 
     # ---- the operator's word (admin API) ---------------------------------------------------------
-    def act(self, action: str, name: str) -> str:
-        return self.load(name) if action == "load" else self.unload(name)
+    def act(self, command: Command) -> Ack:
+        return self.load(command.model) if command.action == "load" else self.unload(command.model)
 
-    def load(self, name: str) -> str:
-        """ "" when done, else "<HTTP status> why not"."""
+    def load(self, name: str) -> Ack:
         try:
             check_name(name)  # a model name of this store: never a path or a URL
         except StoreError as e:
-            return f"400 {e}"
+            return Ack(400, str(e))
         if name not in self.in_store:
-            return f"404 model {name!r} is not in the store"
+            return Ack(404, f"model {name!r} is not in the store")
         self.unloaded.discard(name)
         if name not in self.listings:
             self._add(name)
         elif self.listings[name].removed:
             self._set_removed(name, "")
         self.publish()
-        return ""
+        return DONE
 
-    def unload(self, name: str) -> str:
+    def unload(self, name: str) -> Ack:
         if name not in self.listings or self.listings[name].removed:
-            return f"409 model {name!r} is not loaded"
+            return Ack(409, f"model {name!r} is not loaded")
         self.unloaded.add(name)
         self._set_removed(name, "unloaded by the operator")
         self.publish()
-        return ""
+        return DONE
 
 
 def allow_rule(configured: list[str] | None, pattern: str) -> Callable[[str], bool]:

@@ -52,11 +52,12 @@ class Rollout:
         self.on_decision: Callable[[str, int, str], None] = _ignore_decision  # metrics hook
 
     # ---- what the policy may choose ------------------------------------------------------------
-    def rejected(self, version: int, verdict_manifest: Any) -> bool:
+    def rejected(self, version: int, verdict_manifest: Any) -> str:
+        """Why a rollout rejected this version with these files ("" if none did)."""
         if self.decisions is None:
-            return False
+            return ""
         found = self.decisions.get(self.model, version, verdict_manifest)
-        return found is not None and found.result == "rejected"
+        return f"rollout rejected it: {found.reason}" if found is not None and found.result == "rejected" else ""
 
     def first_default(self, choice: int | None, verdicts: Mapping[int, Verdict]) -> int | None:
         """At start-up: the newest promoted version that is still there, else the policy's."""

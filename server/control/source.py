@@ -36,6 +36,7 @@ class Aspired:
     rejected: dict[int, str] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
     settling: bool = False  # a chosen version's files changed during the poll: decide next time
+    set_aside: dict[int, str] = field(default_factory=dict)  # valid, but a rollout rejected it: why
 
     @property
     def version(self) -> int | None:
@@ -55,22 +56,24 @@ def file_stats(folder: Path, status: VersionStatus) -> tuple[tuple[str, int, int
     return tuple(stats)
 
 
-def _never(version: int, manifest: Manifest) -> bool:
-    return False
+def _never(version: int, manifest: Manifest) -> str:
+    return ""
 
 
 class StoreSource:
     def __init__(self, store: ModelStore, name: str, policy: VersionPolicy, versions: VersionSet | None = None) -> None:
         self.store, self.name, self.policy = store, name, policy
         self.versions = versions or VersionSet()
-        # Versions the policy must not choose (a rollout rejected them); still loadable by number.
-        self.excluded: Callable[[int, Manifest], bool] = _never
+        # Why the policy must not choose a version ("" if it may): a rollout rejected it. Such a
+        # version is still loadable by number.
+        self.excluded: Callable[[int, Manifest], str] = _never
 
     def poll(self, also: Collection[int] = ()) -> Aspired:
         """`also`: versions to hand verdicts for besides the policy's (e.g. the one serving)."""
         statuses = self.store.statuses(self.name)  # a bucket's store syncs its mirror here
         valid = {s.version: s for s in statuses if s.state is VersionState.VALID and s.servable and s.manifest}
-        eligible = {v: s.manifest.metrics for v, s in valid.items() if s.manifest and not self.excluded(v, s.manifest)}
+        set_aside = {v: why for v, s in valid.items() if s.manifest and (why := self.excluded(v, s.manifest))}
+        eligible = {v: s.manifest.metrics for v, s in valid.items() if s.manifest and v not in set_aside}
         default = self.policy.choose(eligible)
         wanted = set(self.versions.select(valid, default)) | (set(also) & set(valid))
         verdicts = {v: self._verdict(valid[v]) for v in sorted(wanted)}
@@ -83,6 +86,7 @@ class StoreSource:
             rejected={s.version: s.reason for s in statuses if s.state is VersionState.REJECTED}
             | {s.version: NOT_SERVABLE for s in statuses if s.state is VersionState.VALID and not s.servable},
             pending=[s.version for s in statuses if s.state is VersionState.PENDING],
+            set_aside=set_aside,
         )
 
     def _verdict(self, status: VersionStatus) -> Verdict | None:

@@ -20,9 +20,10 @@ from multiprocessing.connection import Connection
 import grpc
 
 from ..config import ModelConfig
-from ..http.admin import AdminRoutes
-from ..http.directory import ModelDirectory
-from ..http.routes import Routes
+from ..dataplane.directory import ModelDirectory
+from ..dataplane.endpoint import ModelEndpoint
+from ..dataplane.repository import Repository
+from ..dataplane.status import ServingStatus
 from ..ipc.board import Board
 from ..ipc.drain import Drain, ignore_termination
 from .servicer import Servicer
@@ -58,7 +59,7 @@ def run(
     api_key: str,
     models: Sequence[ModelConfig],
     board: Board,
-    directory: ModelDirectory,
+    directory: ModelDirectory[ModelEndpoint],
     drain: Drain,
     index: int,
     grace_s: float,
@@ -68,9 +69,8 @@ def run(
     """The process's body (after the fork)."""
     ignore_termination()  # only the supervisor decides when this process stops
     _die_with_parent()
-    routes = Routes(directory, board, "")
-    admin = AdminRoutes(directory, board, admin_key, admin_wait_s)
-    servicer = Servicer(routes, api_key, drain, index, admin)
+    repository = Repository(directory, board, admin_wait_s)
+    servicer = Servicer(ServingStatus(directory, board), api_key, drain, index, repository, admin_key)
     asyncio.run(_serve(conn, host, port, servicer, grace_s, models))
 
 

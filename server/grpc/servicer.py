@@ -1,9 +1,10 @@
 """`inference.GRPCInferenceService` (Triton's superset of the Open Inference Protocol's service)
 and `grpc.health.v1.Health`, on the same handlers, board and rules as REST.
 
-Readiness and metadata are the REST routes' own answers (`http.routes.Routes`), read from the
-board; infer goes through the model's `InferHandler`, so a gRPC request and a REST request may
-share a batch. Every refusal is a ServingError, mapped to a gRPC status the way Triton maps its
+A codec over the data plane, like REST: readiness and metadata from `dataplane.status`, the
+repository extension from `dataplane.repository`, infer through the model's `ModelEndpoint`
+(so a gRPC request and a REST request may share a batch). A call cancelled by its client or
+past its deadline (`grpc-timeout`) is dropped from the workers' queue unrun. Every refusal is a ServingError, mapped to a gRPC status the way Triton maps its
 errors (`codec.GRPC_CODES`). Calls we do not serve answer UNIMPLEMENTED, naming the call.
 """
 
@@ -12,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import grpc
-import orjson
 from google.protobuf import json_format
 from prometheus_client import Counter, Histogram
 
+from ..dataplane.auth import api_key_problem, check_admin_key
+from ..dataplane.events import RequestEvent
+from ..dataplane.repository import Repository
+from ..dataplane.status import ServingStatus
+from ..dataplane.triton import model_config, model_statistics
 from ..errors import ServingError, not_found
-from ..http.admin import AdminRoutes, check_admin_key
-from ..http.extensions import model_config, model_statistics
-from ..http.infer import RequestEvent
-from ..http.replies import api_key_problem
-from ..http.routes import Routes
 from ..ipc.drain import Drain
 from ..metrics import LATENCY_BUCKETS
 from ..protocol import is_count
@@ -66,14 +65,15 @@ class Servicer:
 
     def __init__(
         self,
-        routes: Routes,
+        status: ServingStatus,
         api_key: str,
         drain: Drain,
         index: int,
-        admin: AdminRoutes | None = None,
+        repository: Repository | None = None,
+        admin_key: str = "",
     ) -> None:
-        self.routes, self.api_key = routes, api_key
-        self.admin = admin  # the repository extension, with the admin key (off without one)
+        self.status, self.api_key = status, api_key
+        self.repository, self.admin_key = repository, admin_key  # the repository extension (off without a key)
         self.drain, self.index = drain, index
         self.metrics = GrpcMetrics()
         self._children: dict[tuple[str, str, str], Any] = {}
@@ -109,7 +109,7 @@ class Servicer:
             "ModelConfig": (self.model_config, pb.ModelConfigRequest, False, False),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest, False, False),
         }
-        if self.admin is not None and self.admin.admin_key:
+        if self.repository is not None and self.admin_key:
             # The admin key, not the inference key, guards these (checked in each method).
             served |= {
                 "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, True, False),
@@ -141,13 +141,13 @@ class Servicer:
         ]
 
     # ---- the repository extension (admin key) ---------------------------------------------------
-    def _admin(self, context: Any) -> AdminRoutes:
-        assert self.admin is not None
-        check_admin_key(self.admin.admin_key, dict(context.invocation_metadata() or ()))
-        return self.admin
+    def _admin(self, context: Any) -> Repository:
+        assert self.repository is not None
+        check_admin_key(self.admin_key, dict(context.invocation_metadata() or ()))
+        return self.repository
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        entries = self._admin(context).entries()
+        entries = self._admin(context).index()
         if request.ready:
             entries = [e for e in entries if e["state"] == "READY"]
         models = [
@@ -161,47 +161,45 @@ class Servicer:
     async def repository_load(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await self._admin(context).model_command(request.model_name, "load")
+        await self._admin(context).model(request.model_name, "load")
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._admin(context).model_command(request.model_name, "unload")
+        await self._admin(context).model(request.model_name, "unload")
         return pb.RepositoryModelUnloadResponse()
 
-    # ---- health and metadata: the REST routes' answers ----------------------------------------
+    # ---- health and metadata --------------------------------------------------------------------
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        reply = await self.routes.server_ready()
-        return pb.ServerReadyResponse(ready=reply.status_code == 200)
+        return pb.ServerReadyResponse(ready=not self.status.waiting_for())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        reply = await self.routes.model_ready(_NO_REQUEST, request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=reply.status_code == 200)
+        return pb.ModelReadyResponse(ready=not self.status.model_unready(request.name, request.version or None))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        doc = orjson.loads((await self.routes.server_metadata(_NO_REQUEST)).body)
+        doc = self.status.server_metadata()
         return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        doc = orjson.loads((await self.routes.model_metadata(_NO_REQUEST, request.name, request.version or None)).body)
-        resp = pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"])
-        for t in doc["inputs"]:
+        meta = self.status.model_metadata(request.name, request.version or None)
+        resp = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for t in meta.inputs:
             resp.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-        for t in doc["outputs"]:
+        for t in meta.outputs:
             resp.outputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return resp
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         resp = pb.ModelConfigResponse()
-        json_format.ParseDict(model_config(self.routes, request.name, request.version or None), resp.config)
+        json_format.ParseDict(model_config(self.status, request.name, request.version or None), resp.config)
         return resp
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        doc = model_statistics(self.routes, request.name or None, request.version or None)
+        doc = model_statistics(self.status, request.name or None, request.version or None)
         return json_format.ParseDict(doc, pb.ModelStatisticsResponse())
 
     async def health_check(
@@ -211,18 +209,18 @@ class Servicer:
         status = health_pb2.HealthCheckResponse
         if self.drain.flag.is_set():
             return status(status=status.NOT_SERVING)
-        if request.service and request.service not in self.routes.models:
-            raise not_found(f"unknown service {request.service!r}; ask for '' or one of {sorted(self.routes.models)}")
-        names = [request.service] if request.service else list(self.routes.models)
-        ready = all(self.routes.ready(n) for n in names)
+        if request.service and request.service not in self.status.models:
+            raise not_found(f"unknown service {request.service!r}; ask for '' or one of {sorted(self.status.models)}")
+        names = [request.service] if request.service else list(self.status.models)
+        ready = all(self.status.ready(n) for n in names)
         return status(status=status.SERVING if ready else status.NOT_SERVING)
 
     # ---- infer --------------------------------------------------------------------------------
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         name = request.model_name
-        handler = self.routes.directory.handler(name)  # the pool's models too; None once removed
+        handler = self.status.directory.handler(name)  # the pool's models too; None once removed
         if handler is None:  # not counted: a label per unknown name would grow without bound
-            self.routes.check_served(name)
+            self.status.check_served(name)
             raise not_found(f"model {name!r} is not served")
         started, wall, code, answered, status = time.perf_counter(), time.time_ns(), "OK", "", 200
         seen: dict[str, Any] = {}  # what the request observers (traces, payload log) see
@@ -233,7 +231,8 @@ class Servicer:
                 raise ServingError(413, f"request of {size} bytes is over the limit of {limit}")
             with handler.admitted():
                 req = seen["request"] = decode_request(request, handler.max_elements)
-                got, outputs = await handler.infer(req, version, seen=seen)
+                # The client's deadline goes with the request: past it, the workers drop it unrun.
+                got, outputs = await handler.infer(req, version, seen=seen, deadline_s=context.time_remaining())
             answered = str(got)
             return encode_response(name, got, req, outputs)
         except ServingError as e:
@@ -257,11 +256,6 @@ class Servicer:
             child = self._children[key] = self.metrics.requests.labels(model, version, code)
         child.inc()
         self.metrics.latency.labels(model).observe(seconds)
-
-
-# The REST route methods take a Request only for the API key check, which the servicer has done
-# (its Routes has no key): they read nothing else from it.
-_NO_REQUEST = cast(Any, SimpleNamespace(headers={}))
 
 
 def _unimplemented(service: str, method: str, client_streaming: bool, server_streaming: bool) -> grpc.RpcMethodHandler:

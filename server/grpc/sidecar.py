@@ -11,7 +11,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import ModelConfig
-from ..http.directory import ModelDirectory
+from ..dataplane.directory import ModelDirectory
+from ..dataplane.endpoint import ModelEndpoint
 from ..ipc.board import Board
 from ..ipc.drain import Drain
 
@@ -49,10 +50,10 @@ class GrpcSidecar:
         self.start_timeout_s = start_timeout_s
         self._proc: Any = None
         self._conn: Connection | None = None
-        self._started_with: tuple[int, ModelDirectory, Drain] | None = None
+        self._started_with: tuple[int, ModelDirectory[ModelEndpoint], Drain] | None = None
         self._stopping = False
 
-    def start(self, index: int, directory: ModelDirectory, drain: Drain) -> None:
+    def start(self, index: int, directory: ModelDirectory[ModelEndpoint], drain: Drain) -> None:
         """Forks the gRPC process and waits until it listens; raises GrpcStartError if it cannot."""
         self._started_with = (index, directory, drain)
         ctx = mp.get_context("fork")

@@ -13,13 +13,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from ..dataplane.auth import api_key_problem
+from ..dataplane.directory import ModelDirectory
 from ..errors import ServingError
 from ..ipc.drain import Drain
-from .directory import ModelDirectory
 from .infer import InferHandler
-from .replies import Reply, api_key_problem, error_reply
+from .replies import Reply, error_reply
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -28,6 +30,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Body = bytes | AsyncIterator[bytes]
+Cancel = Callable[[], object]
 
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
 _V1_PREFIX, _V1_SUFFIX = "/v1/models/", ":predict"
@@ -47,10 +50,11 @@ class InferCall:
             return await self.handler.reply_v1(body, headers)
         return await self.handler.reply(body, headers, self.version, self.label)
 
-    def start(self, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> None:
+    def start(self, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> Cancel | None:
+        """Returns what cancels the request (its client left), while it is with the workers."""
         if not self.v1:
-            self.handler.start(body, headers, self.version, self.label, done)
-            return
+            uid = self.handler.start(body, headers, self.version, self.label, done)
+            return None if uid is None else partial(self.handler.cancel, uid)
         task = asyncio.ensure_future(self.reply(body, headers))  # v1: the handler is a coroutine
         _V1_TASKS.add(task)
 
@@ -63,6 +67,7 @@ class InferCall:
                 done(task.result())
 
         task.add_done_callback(finished)
+        return task.cancel
 
 
 _V1_TASKS: set[asyncio.Task[Reply]] = set()  # a running task needs a strong reference
@@ -76,14 +81,23 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived."""
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, received: asyncio.Event) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         yield message.get("body", b"")
         if not message.get("more_body"):
+            received.set()
             return
+
+
+async def _client_left(receive: Receive, received: asyncio.Event) -> None:
+    """Returns when the client disconnects, once its whole body is read (before that, `_body`
+    sees the disconnect). uvicorn's `receive` waits until the disconnect or the response."""
+    await received.wait()
+    if (await receive())["type"] != "http.disconnect":
+        await asyncio.Event().wait()  # not uvicorn's: nothing more to watch for
 
 
 async def _send(send: Send, reply: Reply) -> None:
@@ -100,7 +114,7 @@ class Edge:
         self,
         app: ASGIApp,
         drain: Drain,
-        directory: ModelDirectory,
+        directory: ModelDirectory[InferHandler],
         api_key: str,
         process_index: Callable[[], int],
     ) -> None:
@@ -159,13 +173,16 @@ class Edge:
         finally:
             counter.value -= 1
 
-    def start(self, call: InferCall, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> None:
+    def start(
+        self, call: InferCall, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]
+    ) -> Cancel | None:
         """`answer` without a coroutine, for the HTTP protocol's fast path (http/wire.py):
-        `done(reply)` is called exactly once, at once or when the worker's answer is read."""
+        `done(reply)` is called exactly once, at once or when the worker's answer is read.
+        Returns what cancels the request if its client leaves first."""
         refusal = self._refusal(headers)
         if refusal is not None:
             done(refusal)
-            return
+            return None
         counter = self.inflight()
         counter.value += 1
 
@@ -174,7 +191,7 @@ class Edge:
             done(reply)
 
         try:
-            call.start(body, headers, finished)
+            return call.start(body, headers, finished)
         except BaseException:  # never answered: it must not hold the drain for its grace period
             counter.value -= 1
             raise
@@ -187,9 +204,18 @@ class Edge:
         route = self.infer_route(path) if scope["method"] == "POST" else None
         if route is not None:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            received = asyncio.Event()
+            answering = asyncio.ensure_future(self.answer(route, _body(receive, received), headers))
+            watching = asyncio.ensure_future(_client_left(receive, received))
             try:
-                reply = await self.answer(route, _body(receive), headers)
-            except ClientGone:  # nothing is sent to a client that left
+                await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watching.cancel()
+                if not answering.done():  # the client left: its request is cancelled in the queue
+                    answering.cancel()
+            try:
+                reply = await answering
+            except (ClientGone, asyncio.CancelledError):  # nothing is sent to a client that left
                 return
             await _send(send, reply)
             return

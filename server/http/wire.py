@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol, changed in two ways (uvicorn takes it as its `http` class):
+"""uvicorn's httptools protocol, changed in three ways (uvicorn takes it as its `http` class):
 
 - A response's head and body leave in one write. uvicorn writes the status line and headers,
   then the body, as two `transport.write` calls: two send syscalls and two TCP segments per
@@ -6,6 +6,7 @@
   write of the same connection (its body, in the same loop turn) and both go out as one; a head
   with nothing after it in that turn (a HEAD request, a stream that starts later) goes out at
   the end of the turn.
+- A client that disconnects before its answer has its request cancelled in the workers' queue.
 - Our edge is the app uvicorn calls, around the FastAPI app it was given (made once per HTTP
   process): an infer request skips FastAPI's and Starlette's `__call__` (FastAPI's reads the
   environment for OpenTelemetry on every request).
@@ -82,6 +83,7 @@ class FastCycle:
         self.disconnected = False
         self.response_complete = False
         self.message_event = _Event()
+        self.cancel: Callable[[], object] | None = None  # the request's, while with the workers
 
 
 class Fast(Protocol):
@@ -90,7 +92,9 @@ class Fast(Protocol):
 
     def infer_route(self, path: str) -> Any: ...
 
-    def start(self, call: Any, body: bytes, headers: Mapping[str, str], done: Callable[[Any], None]) -> None: ...
+    def start(
+        self, call: Any, body: bytes, headers: Mapping[str, str], done: Callable[[Any], None]
+    ) -> Callable[[], object] | None: ...
 
 
 def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
@@ -149,11 +153,21 @@ def edge_protocol(wrap_app: Callable[[Any], Any]) -> type[OneWriteProtocol]:
             assert self.fast is not None
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
             try:  # no task: the reply is written from the callback, in the turn its answer is read
-                self.fast.start(cycle.route, bytes(cycle.body), headers, lambda reply: self._write(cycle, reply))
+                cycle.cancel = self.fast.start(
+                    cycle.route, bytes(cycle.body), headers, lambda reply: self._write(cycle, reply)
+                )
             except Exception:
                 self.logger.exception("Exception in the infer fast path")
                 if not cycle.response_complete:
                     self._write(cycle, None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            cycle = self.cycle
+            if isinstance(cycle, FastCycle) and not cycle.response_complete and cycle.cancel is not None:
+                # The client left before its answer: drop its rows before they reach a batch
+                # (uvicorn's own path would run them and discard the reply).
+                cycle.cancel()
+            super().connection_lost(exc)
 
         def _write(self, cycle: FastCycle, reply: Any) -> None:
             cycle.response_complete = True

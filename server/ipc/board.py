@@ -15,7 +15,7 @@ import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
-from .messages import AspiredRecord, Listing, WorkerRecord
+from .messages import Ack, AspiredRecord, Command, Listing, WorkerRecord
 
 
 class Board:
@@ -53,28 +53,35 @@ class Board:
         self.shared[f"aspired/{model}"] = record
         self._moved()
 
-    def command(self, model: str, action: str) -> str:
-        """An operator's action on a model, for the supervisor's next poll; returns its id."""
+    def command(self, command: Command) -> str:
+        """An operator's command, for the supervisor's next poll; returns its id (for `take_ack`)."""
         cid = uuid.uuid4().hex
-        self.shared[f"command/{cid}"] = (model, action)
+        self.shared[f"command/{cid}"] = command
         return cid
 
-    def take_commands(self) -> list[tuple[str, str, str]]:
-        """(id, model, action) of every pending command, removed from the board."""
+    def take_commands(self) -> list[tuple[str, Command]]:
+        """(id, command) of every pending command, removed from the board."""
         taken = []
         for key in [k for k in self.shared.keys() if str(k).startswith("command/")]:  # noqa: SIM118 (a proxy)
             value = self.shared.pop(key, None)
-            if isinstance(value, tuple) and len(value) == 2:
-                taken.append((key.removeprefix("command/"), str(value[0]), str(value[1])))
+            if isinstance(value, Command):
+                taken.append((key.removeprefix("command/"), value))
         return taken
 
-    def ack(self, cid: str, outcome: str) -> None:
-        """What became of a command: "" (done) or why not."""
-        self.shared[f"ack/{cid}"] = outcome
+    def ack(self, cid: str, ack: Ack) -> None:
+        self.shared[f"ack/{cid}"] = ack
 
-    def take_ack(self, cid: str) -> str | None:
+    def take_ack(self, cid: str) -> Ack | None:
         found = self.shared.pop(f"ack/{cid}", None)
-        return found if isinstance(found, str) else None
+        return found if isinstance(found, Ack) else None
+
+    def list_store(self, names: list[str]) -> None:
+        """The models the store holds (served or not), for the repository index."""
+        self.shared["store_models"] = list(names)
+
+    def store_models(self) -> list[str]:
+        found = self.shared.get("store_models")
+        return list(found) if isinstance(found, list) else []
 
     def list_models(self, listings: dict[str, Listing]) -> None:
         self.shared["registry"] = listings

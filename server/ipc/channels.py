@@ -26,13 +26,13 @@ import pickle
 import select
 import struct
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from queue import Empty
 from typing import Any
 
-from .messages import Answer, Outcome, Queued, pack_answers, pack_queued, unpack_answers, unpack_queued
+from .messages import Answer, Cancel, Outcome, Queued, pack_answers, pack_queued, unpack_answers, unpack_queued
 
 log = logging.getLogger(__name__)
 # Spawn-context objects can be handed to spawned workers and inherited by forked HTTP processes.
@@ -46,6 +46,8 @@ SWEEP_S = 0.1  # how often an HTTP process looks for requests past their inferen
 # the next request is usually there already, and a spin would take the core the HTTP process needs.
 SPIN_BELOW_PER_READ = 1.5
 OnAnswer = Callable[["Outcome | Exception"], None]
+# A worker remembers this many cancels: one for a request it answered already is never asked for.
+CANCELS_KEPT = 4096
 
 
 def _frame(item: Any) -> bytes:
@@ -99,12 +101,14 @@ class RequestChannel:
         self.spin_s = spin_s if consumers == 1 else 0.0
         self._taken_at = 0.0
         self._per_read = 1.0  # requests per read, smoothed
+        self._cancelled: OrderedDict[tuple[int, int], None] = OrderedDict()  # a consumer's (consumer, uid)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
             _out=bytearray(), _fd=-1, _waiting_writable=False, _flush_due=False, _loop=None,
             _poller=None, _received=deque(), _partial={}, _taken_at=0.0, _per_read=1.0,
+            _cancelled=OrderedDict(),
         )  # fmt: skip
         return state
 
@@ -115,6 +119,17 @@ class RequestChannel:
             os.set_blocking(self._fd, False)
             self._loop = asyncio.get_running_loop()
         self._out += _frame(pack_queued(item))
+        self._flush_soon()
+
+    def cancel(self, consumer: int, uid: int) -> None:
+        """Request `uid`'s client is gone: behind the request in the same pipe, so a worker that
+        has it queued reads the cancel before the request reaches a batch."""
+        if self._fd < 0:
+            return  # nothing was ever put from this process
+        self._out += _frame(tuple(Cancel(consumer, uid)))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if not self._waiting_writable and not self._flush_due:
             # At the end of this loop turn: the requests of one turn (many at high load) go in
             # one write and wake the worker once; at low load this costs a few microseconds.
@@ -140,6 +155,23 @@ class RequestChannel:
             loop.remove_writer(self._fd)
 
     # ---- consumer side: a worker ----------------------------------------------------------
+    def cancelled(self, consumer: int, uid: int) -> bool:
+        """Whether a cancel for this request has been read (by this worker)."""
+        key = (consumer, uid)
+        if key in self._cancelled:
+            del self._cancelled[key]
+            return True
+        return False
+
+    def _note(self, message: Any) -> bool:
+        """Keep a cancel aside; True when `message` is a request."""
+        if len(message) != 2:
+            return True
+        self._cancelled[(message[0], message[1])] = None
+        if len(self._cancelled) > CANCELS_KEPT:
+            self._cancelled.popitem(last=False)
+        return False
+
     def get(self, block: bool = True, timeout: float | None = None) -> Queued:
         """The next request; raises `queue.Empty` when none came within `timeout`."""
         if self._received:
@@ -192,7 +224,7 @@ class RequestChannel:
                 if not data:  # every writer is gone (as Connection.recv would say)
                     raise EOFError("the request channel was closed")
                 try:
-                    got = reader.feed(data)
+                    got = [m for m in reader.feed(data) if self._note(m)]
                     self._per_read = 0.8 * self._per_read + 0.2 * len(got)
                     self._received.extend(got)
                 except Exception:  # a worker before this one died mid-frame: resynchronise
@@ -202,8 +234,10 @@ class RequestChannel:
         with self._read_lock:  # held only while a message is read, never while waiting
             by_fd = {conn.fileno(): conn for conn in self._readers}
             for fd in order:
-                if by_fd[fd].poll(0):
-                    return by_fd[fd].recv()
+                while by_fd[fd].poll(0):
+                    message = by_fd[fd].recv()
+                    if self._note(message):
+                        return message
         return _NOTHING
 
 

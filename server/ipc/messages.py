@@ -24,6 +24,9 @@ class Work:
     label: str | None = None
     model: str = ""  # for a pool worker, which hosts several models
     instances: list[Any] | None = None  # the v1 route's `instances` (each one row), else None
+    # time.monotonic() after which the client no longer waits (its gRPC deadline); 0: none.
+    # CLOCK_MONOTONIC is one clock for every process of the machine, so the worker compares it.
+    deadline: float = 0.0
 
 
 @dataclass
@@ -52,6 +55,43 @@ class Queued(NamedTuple):
 Answer = tuple[int, Outcome]  # (uid, outcome); a worker sends a batch's answers as one list
 
 
+class Cancel(NamedTuple):
+    """The client of request `uid` of HTTP process `consumer` is gone: drop it if not run yet."""
+
+    consumer: int
+    uid: int
+
+
+# ---- control: an operator's command to the supervisor and its answer --------------------------
+MODEL_ACTIONS = ("load", "unload")  # a model of the store (the registry's)
+ROLLOUT_ACTIONS = ("promote", "abort")  # the candidate on trial
+VERSION_ACTIONS = ("load_version", "unload_version", "pin")  # one version (the model's own)
+
+
+@dataclass(frozen=True)
+class Command:
+    """An operator's action on a model, applied at the supervisor's next poll."""
+
+    model: str
+    action: str  # one of MODEL_ACTIONS, ROLLOUT_ACTIONS, VERSION_ACTIONS or "unpin"
+    version: int | None = None  # for VERSION_ACTIONS
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What became of a command: done (status 200), or refused with an HTTP status and why."""
+
+    status: int = 200
+    reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status == 200
+
+
+DONE = Ack()
+
+
 # ---- on the wire: plain tuples ---------------------------------------------------------------
 # Pickling a dataclass or a numpy array goes through `__reduce__` and copyreg: ~9 us to pickle a
 # one-row request and ~3 us per answer, against ~0.5 us for a tuple of builtins. The channels
@@ -78,7 +118,7 @@ def unpack_tensors(packed: tuple[Any, ...] | None) -> dict[str, np.ndarray[Any, 
 def pack_queued(q: Queued) -> tuple[Any, ...]:
     w, r = q.work, q.work.request
     request = (pack_tensors(r.inputs), r.id, r.outputs, r.binary, r.binary_default, r.rows)
-    return (q.consumer, q.uid, q.enqueued_at, request, w.version, w.label, w.model, w.instances)
+    return (q.consumer, q.uid, q.enqueued_at, request, w.version, w.label, w.model, w.instances, w.deadline)
 
 
 def unpack_queued(t: tuple[Any, ...]) -> Queued:

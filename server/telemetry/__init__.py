@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import ConfigError, ServerConfig
-from ..http.infer import RequestObserver
+from ..dataplane.events import RequestObserver
 from .logfile import STDOUT
 from .phase import PhaseOf, board_phase
 

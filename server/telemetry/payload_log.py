@@ -37,7 +37,7 @@ from prometheus_client import Counter
 
 from model_store.runtimes import Tensors
 
-from ..http.infer import RequestEvent
+from ..dataplane.events import RequestEvent
 from ..protocol import datatype_name
 from .logfile import Sink, open_sink
 from .process import at_process_exit

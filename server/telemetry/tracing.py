@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ..http.infer import RequestEvent
+from ..dataplane.events import RequestEvent
 from .phase import PhaseOf
 from .process import at_process_exit
 

@@ -32,6 +32,8 @@ class Requests(Protocol):
 
     def get(self, block: bool = True, timeout: float | None = None) -> Queued: ...
 
+    def cancelled(self, consumer: int, uid: int) -> bool: ...
+
 
 class Answers(Protocol):
     """Where a worker sends answers (`ResponseChannels`, or a fake in tests)."""
@@ -113,22 +115,45 @@ def _concat_predict(
     return out
 
 
+CLIENT_GONE = "client_gone"  # the reasons a request is dropped unrun (a metric label)
+DEADLINE = "deadline"
+
+
 class BatchCollector:
-    """Takes whole requests off a channel into batches of at most `max_rows` rows."""
+    """Takes whole requests off a channel into batches of at most `max_rows` rows. A request
+    whose client is gone (a cancel read) or whose deadline has passed never reaches a batch:
+    it lands in `dropped` with its answer, for the caller to send and count."""
 
     def __init__(self, requests: Requests, max_rows: int, wait_s: float) -> None:
         self.requests, self.max_rows, self.wait_s = requests, max_rows, wait_s
         self._held: Queued | None = None
+        self.dropped: list[tuple[Queued, str, Outcome]] = []
 
     def _get(self, timeout: float | None, block: bool = True) -> Queued | None:
-        try:
-            return self.requests.get(block=block, timeout=timeout)
-        except Empty:
-            return None
+        while True:
+            try:
+                item = self.requests.get(block=block, timeout=timeout)
+            except Empty:
+                return None
+            why = self._dead(item)
+            if why is None:
+                return item
+            self.dropped.append((item, *why))
+
+    def _dead(self, item: Queued) -> tuple[str, Outcome] | None:
+        if self.requests.cancelled(item.consumer, item.uid):
+            return CLIENT_GONE, Outcome(499, error="the client cancelled the request or disconnected")
+        deadline = item.work.deadline
+        if deadline and time.monotonic() >= deadline:
+            return DEADLINE, Outcome(504, error="the request's deadline passed while it was queued")
+        return None
 
     def collect(self) -> list[Queued]:
-        first = self._held or self._get(IDLE_WAIT_S)  # blocks: no idle spin
-        self._held = None
+        held, self._held = self._held, None
+        if held is not None and (why := self._dead(held)) is not None:  # cancelled while held
+            self.dropped.append((held, *why))
+            held = None
+        first = held or self._get(IDLE_WAIT_S)  # blocks: no idle spin
         if first is None:
             return []
         items, rows = [first], first.work.request.rows

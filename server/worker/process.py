@@ -133,6 +133,8 @@ class ModelWorker:
             self._collector = BatchCollector(requests, self.cfg.max_batch_size, self.cfg.batch_timeout_s)
         started = time.monotonic()
         items = self._collector.collect()
+        if self._collector.dropped:
+            self._drop(self._collector.dropped, answers)
         hosted = self.hosted
         for servables in hosted.values():
             servables.swap_if_ready()  # between batches: a batch never sees a half-changed set
@@ -143,6 +145,14 @@ class ModelWorker:
         for servables in hosted.values():
             # An empty round waited with nothing queued: nothing from before it is still waiting.
             servables.drained(None if items else started)
+
+    def _drop(self, dropped: list[tuple[Queued, str, Outcome]], answers: Answers) -> None:
+        """Answer requests dropped unrun (their client is not waiting) and count them."""
+        cancelled = metrics().cancelled
+        for item, reason, _ in dropped:
+            cancelled.labels(item.work.model or self.cfg.name, reason).inc()
+        answer([d[0] for d in dropped], [d[2] for d in dropped], answers, (self.cfg.name, self.index))
+        dropped.clear()
 
     def handle(self, items: list[Queued]) -> list[tuple[Servable | Outcome, Outcome]]:
         """(target, outcome) per request; each model's requests run as their own batch."""

@@ -8,6 +8,7 @@ from typing import Any
 from server.config import ModelConfig, RolloutConfig
 from server.control.decisions import Decisions
 from server.control.models import ModelControl
+from server.ipc.messages import Command
 from tests.fakes import FakeSource
 
 
@@ -17,9 +18,9 @@ def control(tmp_path: Path, **rollout: Any) -> tuple[ModelControl, FakeSource]:
     return ModelControl(cfg, source, Decisions(tmp_path / "decisions.json")), source  # type: ignore[arg-type]
 
 
-def evidence(c: ModelControl, **counts: Any) -> None:
-    """What the workers report on the current candidate."""
-    c.reports = [{"key": c.record.rollout_key, **counts}]
+def evidence(c: ModelControl, **counts: Any) -> list[dict[str, Any]]:
+    """What the workers report on the current candidate (for the next poll)."""
+    return [{"key": c.record.rollout_key, **counts}]
 
 
 def start_trial(c: ModelControl, source: FakeSource) -> None:
@@ -35,45 +36,46 @@ def test_the_first_version_serves_at_once_and_a_new_one_is_only_a_candidate(tmp_
     r = c.record
     assert (r.default, r.candidate, r.phase) == (1, 2, "shadow")
     assert sorted(r.verdicts) == [1, 2]  # both loaded: the candidate answers its own URL only
-    evidence(c, rows=40, agree=40)
-    assert c.poll().default == 1 and "40/100 rows" in c.record.rollout  # not enough evidence yet
+    assert (
+        c.poll(evidence(c, rows=40, agree=40)).default == 1 and "40/100 rows" in c.record.rollout
+    )  # not enough evidence yet
 
 
 def test_agreement_promotes_and_disagreement_rejects_with_the_reason(tmp_path: Path) -> None:
     c, source = control(tmp_path)
     start_trial(c, source)
-    evidence(c, rows=120, agree=119, batches=4, serving_s=1.0, candidate_s=1.1)
-    r = c.poll()
+    r = c.poll(evidence(c, rows=120, agree=119, batches=4, serving_s=1.0, candidate_s=1.1))
     assert (r.default, r.candidate) == (2, None) and "promoted" in r.rollout
 
     source.offer(3, valid=[1, 2, 3])
     c.poll()
-    evidence(c, rows=512, agree=56, batches=10, serving_s=1.0, candidate_s=1.0)
-    r = c.poll()
+    r = c.poll(evidence(c, rows=512, agree=56, batches=10, serving_s=1.0, candidate_s=1.0))
     assert r.default == 2 and r.candidate is None
     assert r.rollout == "version 3 rejected: shadow: agreement 0.11 < 0.90 over 512 rows"
+    # Listed with the store's rejections (the metadata's properties.rejected), at once and after.
+    assert r.rejected == {3: "rollout rejected it: shadow: agreement 0.11 < 0.90 over 512 rows"}
     c.poll()  # the policy skips a rejected version: no new trial for it
     assert (c.record.default, c.record.candidate) == (2, None)
+    assert 3 in c.record.rejected
 
 
 def test_a_slow_or_failing_candidate_is_rejected(tmp_path: Path) -> None:
     c, source = control(tmp_path)
     start_trial(c, source)
-    evidence(c, rows=200, agree=200, batches=5, serving_s=1.0, candidate_s=9.0)
-    assert "9.0x the serving version's time" in c.poll().rollout
+    assert (
+        "9.0x the serving version's time"
+        in c.poll(evidence(c, rows=200, agree=200, batches=5, serving_s=1.0, candidate_s=9.0)).rollout
+    )
     c2, source2 = control(tmp_path / "b")
     start_trial(c2, source2)
-    evidence(c2, rows=10, agree=10, batches=5, errors=3)
-    assert "failed on 3 of 5 batches" in c2.poll().rollout
+    assert "failed on 3 of 5 batches" in c2.poll(evidence(c2, rows=10, agree=10, batches=5, errors=3)).rollout
 
 
 def test_canary_follows_shadow_and_rolls_back_on_errors(tmp_path: Path) -> None:
     c, source = control(tmp_path, mode="canary", canary_requests=50)
     start_trial(c, source)
-    evidence(c, rows=150, agree=150)
-    assert (c.poll().phase, c.record.default) == ("canary", 1)
-    evidence(c, rows=150, agree=150, canary=40, canary_failed=9)
-    r = c.poll()
+    assert (c.poll(evidence(c, rows=150, agree=150)).phase, c.record.default) == ("canary", 1)
+    r = c.poll(evidence(c, rows=150, agree=150, canary=40, canary_failed=9))
     assert r.default == 1 and r.candidate is None and "canary: error rate 0.23" in r.rollout
 
 
@@ -90,13 +92,11 @@ def test_a_newer_version_supersedes_the_candidate(tmp_path: Path) -> None:
 def test_operator_promote_and_abort(tmp_path: Path) -> None:
     c, source = control(tmp_path)
     start_trial(c, source)
-    c.command = "abort"
-    r = c.poll()
+    r = c.poll(command=Command("m", "abort"))
     assert (r.default, r.candidate) == (1, None) and "aborted by the operator" in r.rollout
     source.offer(3, valid=[1, 2, 3])
     c.poll()
-    c.command = "promote"
-    assert c.poll().default == 3
+    assert c.poll(command=Command("m", "promote")).default == 3
 
 
 def test_rollback_and_an_operator_pin_apply_at_once(tmp_path: Path) -> None:
@@ -112,12 +112,10 @@ def test_rollback_and_an_operator_pin_apply_at_once(tmp_path: Path) -> None:
 def test_decisions_survive_a_restart(tmp_path: Path) -> None:
     c, source = control(tmp_path)
     start_trial(c, source)
-    evidence(c, rows=100, agree=100)
-    c.poll()  # 2 promoted
+    c.poll(evidence(c, rows=100, agree=100))  # 2 promoted
     source.offer(3, valid=[1, 2, 3])
     c.poll()
-    evidence(c, rows=100, agree=0)
-    c.poll()  # 3 rejected
+    c.poll(evidence(c, rows=100, agree=0))  # 3 rejected
     # A restarted server (or a replica sharing the file) reads the same decisions.
     again, source2 = control(tmp_path)
     source2.offer(3, valid=[1, 2, 3])
@@ -131,7 +129,7 @@ def test_decisions_survive_a_restart(tmp_path: Path) -> None:
 def test_a_candidate_a_worker_cannot_load_is_rejected_with_the_reason(tmp_path: Path) -> None:
     c, source = control(tmp_path)
     start_trial(c, source)
-    c.reports = [{"key": c.record.rollout_key, "load_failed": "labels.json: missing"}]
-    r = c.poll()
+    reports = [{"key": c.record.rollout_key, "load_failed": "labels.json: missing"}]
+    r = c.poll(reports)
     assert (r.default, r.candidate) == (1, None)
     assert r.rollout == "version 2 rejected: the candidate could not load: labels.json: missing"

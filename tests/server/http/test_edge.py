@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from server.config import ModelConfig
-from server.http.directory import ModelDirectory
+from server.dataplane.directory import ModelDirectory
 from server.http.edge import Edge
 from server.http.replies import Reply
 from server.ipc.board import Board

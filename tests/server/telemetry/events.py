@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from server.http.infer import RequestEvent
+from server.dataplane.events import RequestEvent
 from server.protocol import InferRequest
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -1,6 +1,7 @@
-"""In an HTTP process: the models served now, their handlers, and those the config requires.
+"""In a submitting process (HTTP, gRPC): the models served now, their endpoints, and those the
+config requires.
 
-The models of the config at start-up have handlers from the start; models the supervisor adds
+The models of the config at start-up have endpoints from the start; models the supervisor adds
 while serving (the pool's) get one on first use. The registry is read from the board at most
 every REFRESH_S, so a removed model answers 404 within that.
 """
@@ -10,22 +11,24 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, TypeVar
 
 from ..config import ModelConfig
 from ..ipc.board import Board
 from ..ipc.messages import Listing
-from .infer import InferHandler
+from .endpoint import ModelEndpoint
 
 REFRESH_S = 0.5
+E = TypeVar("E", bound=ModelEndpoint)  # REST's endpoint adds its codec; gRPC uses the plain one
 
 
-class ModelDirectory:
+class ModelDirectory(Generic[E]):
     def __init__(
         self,
         static: Sequence[ModelConfig],
         board: Board,
-        handlers: Mapping[str, InferHandler],
-        make_pool_handler: Callable[[ModelConfig], InferHandler] | None = None,
+        handlers: Mapping[str, E],
+        make_pool_handler: Callable[[ModelConfig], E] | None = None,
         pool_workers: int = 0,
     ) -> None:
         self.required = [m.name for m in static]  # readiness is about these (docs/model-control.md)
@@ -53,7 +56,7 @@ class ModelDirectory:
         served |= {n: entry.config for n, entry in listings.items() if entry.pool and not entry.removed}
         return served
 
-    def handler(self, name: str) -> InferHandler | None:
+    def handler(self, name: str) -> E | None:
         listing = self._fresh().get(name)
         if listing is not None and listing.removed:
             return None
