@@ -78,6 +78,21 @@ class SlowModel(TinyMLP):
         return super().forward(x)
 
 
+PAUSE_VALUE = 77.0
+PAUSE_S = 2.0
+
+
+class PausingModel(TinyMLP):
+    """Takes PAUSE_S when a row starts with PAUSE_VALUE: a batch long enough to queue behind."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] == PAUSE_VALUE).any()):
+            import time
+
+            time.sleep(PAUSE_S)
+        return super().forward(x)
+
+
 class FakeRuntime:
     """A Runtime whose predict is any function: for batching tests without a model file."""
 
@@ -247,3 +262,38 @@ class RecordingTransport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return {"peername": ("127.0.0.1", 5)}.get(name, default)
+
+
+class FakeRequestChannel:
+    """The submitting side of a request channel: what was put and what was cancelled."""
+
+    def __init__(self) -> None:
+        self.put_items: list[object] = []
+        self.cancels: list[tuple[int, int]] = []
+
+    def put(self, item: object) -> None:
+        self.put_items.append(item)
+
+    def cancel(self, consumer: int, uid: int) -> None:
+        self.cancels.append((consumer, uid))
+
+
+class FakeResponses:
+    """The answers' side: a test answers a request by its uid, as a worker's answer would."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, object] = {}
+        self._uid = 0
+
+    def start_reading(self, consumer: int) -> None:
+        pass
+
+    def new_uid(self) -> int:
+        self._uid += 1
+        return self._uid
+
+    def on_answer(self, uid: int, model: str, timeout: float, call: object) -> None:
+        self.waiting[uid] = call
+
+    def answer(self, uid: int, result: object) -> None:
+        self.waiting.pop(uid)(result)  # type: ignore[operator]

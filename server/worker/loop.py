@@ -141,11 +141,12 @@ class BatchCollector:
             self.dropped.append((item, *why))
 
     def _dead(self, item: Queued) -> tuple[str, Outcome] | None:
-        if self.requests.cancelled(item.consumer, item.uid):
-            return CLIENT_GONE, Outcome(499, error="the client cancelled the request or disconnected")
+        gone = self.requests.cancelled(item.consumer, item.uid)
         deadline = item.work.deadline
-        if deadline and time.monotonic() >= deadline:
+        if deadline and time.monotonic() >= deadline:  # a call past its deadline is cancelled too
             return DEADLINE, Outcome(504, error="the request's deadline passed while it was queued")
+        if gone:
+            return CLIENT_GONE, Outcome(499, error="the client cancelled the request or disconnected")
         return None
 
     def collect(self) -> list[Queued]:

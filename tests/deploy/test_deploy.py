@@ -47,7 +47,12 @@ GRPC_PORT = 8001  # the server's grpc_port default (server/config.py)
 DEFAULT_GRACE_S = 25.0  # the server's grace_period_s default
 
 # Every metric the server exports (server/metrics.py); histograms also have _bucket, _sum, _count.
-COUNTERS = {"modeldock_requests_total", "modeldock_model_reloads_total", "modeldock_rollout_decisions_total"}
+COUNTERS = {
+    "modeldock_requests_total",
+    "modeldock_model_reloads_total",
+    "modeldock_rollout_decisions_total",
+    "modeldock_cancelled_requests_total",
+}
 HISTOGRAMS = {
     "modeldock_request_duration_seconds",
     "modeldock_queue_wait_seconds",

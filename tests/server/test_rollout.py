@@ -132,7 +132,12 @@ def test_operator_promote_and_abort_need_the_admin_key(tmp_path: Path, start_ser
     out = subprocess.run([*cli, "--admin-key", "admin-secret"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert '"default": "2"' in out.stdout
-    assert server.post("/v2/models/tiny/infer", infer_body(ROWS), headers=key).json()["model_version"] == "2"
+    # Applied by the supervisor; each worker swaps at its next batch or idle look (< 1 s).
+    wait_for(
+        lambda: server.post("/v2/models/tiny/infer", infer_body(ROWS), headers=key).json()["model_version"] == "2",
+        "2 answering",
+        timeout=10,
+    )
     publish_retrain(store)  # 3 on trial: aborted by the operator
     wait_for(lambda: rollout_of_key(server, key).get("candidate") == "3", "3 on trial", timeout=60)
     r = server.post("/v2/models/tiny/rollout/abort", headers={"authorization": "Bearer admin-secret"})

@@ -201,3 +201,19 @@ def test_a_worker_spins_briefly_after_a_request_at_light_load_and_then_sleeps() 
         assert time.process_time() - cpu < 0.25
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("consumers", [1, 2])
+def test_a_cancel_travels_behind_its_request_and_is_remembered_once(consumers: int) -> None:
+    channel = RequestChannel(producers=1, consumers=consumers)
+
+    async def produce() -> None:
+        channel.put(queued(1))
+        channel.put(queued(2))
+        channel.cancel(0, 1)
+
+    asyncio.run(produce())
+    assert [channel.get(timeout=1).uid for _ in range(2)] == [1, 2]
+    with pytest.raises(Empty):  # the cancel is not a request
+        channel.get(timeout=0.05)
+    assert channel.cancelled(0, 1) and not channel.cancelled(0, 1) and not channel.cancelled(0, 2)

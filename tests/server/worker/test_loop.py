@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from model_store.manifest import Examples, Manifest
@@ -109,3 +111,26 @@ def test_each_http_process_gets_one_message_per_batch() -> None:
     answers = FakeAnswers()
     answer(items, [Outcome(200, 1), Outcome(400), Outcome(200, 1)], answers, ("m", 0))
     assert [(c, [uid for uid, _ in a]) for c, _, a in answers.sent] == [(0, [1, 3]), (1, [2])]
+
+
+def test_the_collector_drops_cancelled_and_late_requests_before_the_batch() -> None:
+    late = Queued(0, 2, 0.0, work(1))
+    late.work.deadline = time.monotonic() - 1  # its caller stopped waiting a second ago
+    alive = Queued(0, 4, 0.0, work(1))
+    alive.work.deadline = time.monotonic() + 60
+    channel = FakeRequests([queued(1, 1), late, queued(3, 1), alive])
+    channel.cancels = {(0, 3)}
+    collector = BatchCollector(channel, max_rows=8, wait_s=0)
+    assert [q.uid for q in collector.collect()] == [1, 4]
+    assert [(q.uid, why, o.status) for q, why, o in collector.dropped] == [
+        (2, "deadline", 504),
+        (3, "client_gone", 499),
+    ]
+
+
+def test_a_held_request_cancelled_meanwhile_is_dropped_too() -> None:
+    channel = FakeRequests([queued(1, 3), queued(2, 4)])
+    collector = BatchCollector(channel, max_rows=4, wait_s=0)
+    assert [q.uid for q in collector.collect()] == [1]  # 2 is held for the next batch
+    channel.cancels.add((0, 2))
+    assert collector.collect() == [] and [q.uid for q, _, _ in collector.dropped] == [2]
