@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import ServingError
 from ..ipc.messages import Outcome, Work
 from .loader import Servable
+from .rows import run_chunked, split, stack
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,9 @@ def _predict(
     rows = [n for _, parts in decoded for _, n in parts]
     bound = servable.handler
     try:
-        batched = bound.batch(pieces) if bound else {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-        total = sum(rows)
-        chunks = [
-            servable.predict({k: v[s : s + max_rows] for k, v in batched.items()}) for s in range(0, total, max_rows)
-        ]
-        outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        split = bound.unbatch(outputs, rows) if bound else _split(outputs, rows)
+        batched = bound.batch(pieces) if bound else stack(pieces)
+        outputs = run_chunked(servable.predict, batched, max_rows)
+        per_request = bound.unbatch(outputs, rows) if bound else split(outputs, rows)
     except Exception as e:
         if len(decoded) > 1:  # find the request that breaks the model; the others are answered
             return [r for one in decoded for r in _predict(servable, [one], works, max_rows)]
@@ -106,17 +103,9 @@ def _predict(
         return [(decoded[0][0], Outcome(status, error=message))]
     answers, at = [], 0
     for i, parts in decoded:
-        mine, at = split[at : at + len(parts)], at + len(parts)
+        mine, at = per_request[at : at + len(parts)], at + len(parts)
         try:
             answers.append((i, _encode(servable, works[i], mine)))
         except ServingError as e:
             answers.append((i, Outcome(e.status, error=e.message)))
     return answers
-
-
-def _split(outputs: dict[str, Any], rows: list[int]) -> list[dict[str, Any]]:
-    out, start = [], 0
-    for n in rows:
-        out.append({k: v[start : start + n] for k, v in outputs.items()})
-        start += n
-    return out

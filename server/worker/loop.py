@@ -22,6 +22,7 @@ from ..ipc.messages import Answer, Outcome, Queued, Work
 from ..protocol import InferRequest, check_inputs
 from .handled import run_handled
 from .loader import Servable
+from .rows import run_chunked, split, stack
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5  # how long an idle worker blocks before looking for a version to swap in
@@ -100,19 +101,8 @@ def _concat_predict(
     max_rows: int,
 ) -> list[Tensors]:
     """Stack requests into one input per name, run in chunks of at most `max_rows`, split back."""
-    names = list(requests[0].inputs)
-    stacked = {
-        n: np.concatenate([r.inputs[n] for r in requests]) if len(requests) > 1 else requests[0].inputs[n]
-        for n in names
-    }
-    total = next(iter(stacked.values())).shape[0]
-    chunks = [predict({n: a[s : s + max_rows] for n, a in stacked.items()}) for s in range(0, total, max_rows)]
-    merged = {k: np.concatenate([c[k] for c in chunks]) if len(chunks) > 1 else chunks[0][k] for k in chunks[0]}
-    out, start = [], 0
-    for r in requests:
-        out.append({k: v[start : start + r.rows] for k, v in merged.items()})
-        start += r.rows
-    return out
+    merged = run_chunked(predict, stack([r.inputs for r in requests]), max_rows)
+    return split(merged, [r.rows for r in requests])
 
 
 CLIENT_GONE = "client_gone"  # the reasons a request is dropped unrun (a metric label)

@@ -22,6 +22,7 @@ from ..config import RolloutConfig
 from ..control.evidence import Evidence
 from ..ipc.messages import Work
 from .loader import Servable
+from .rows import stack
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ class Shadow:
         self._batches += 1
         if self.cfg.shadow_share < 1 and (self._batches * self.cfg.shadow_share) % 1 >= self.cfg.shadow_share:
             return  # an even spread of the configured share, with no random draw
-        names = list(works[0].request.inputs)
-        inputs = {n: np.concatenate([w.request.inputs[n] for w in works]) for n in names}
+        inputs = stack([w.request.inputs for w in works])
         started = time.perf_counter()
         try:
             candidate = self.candidate.predict(inputs)
@@ -87,7 +87,7 @@ class Shadow:
             self.evidence.batches += 1
             return
         self.evidence.candidate_s += time.perf_counter() - started
-        serving = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+        serving = stack(outputs)
         self.evidence.serving_s += serving_s
         self.evidence.batches += 1
         self._add(serving, candidate)
