@@ -21,7 +21,7 @@ from ..ipc.drain import ignore_termination
 from ..ipc.messages import Outcome, Queued, Work
 from ..metrics import metrics
 from .loader import Loader, Servable
-from .loop import Answers, BatchCollector, Requests, answer, run_batch
+from .loop import CLIENT_GONE, DEADLINE, Answers, BatchCollector, Requests, answer, run_batch
 from .servables import Servables
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class ModelWorker:
         found = self._children.get(model)
         if found is None:
             m = metrics()
+            for reason in (CLIENT_GONE, DEADLINE):  # at 0 from the first batch: rate() has a series
+                m.cancelled.labels(model, reason)
             found = self._children[model] = (
                 m.queue_wait.labels(model),
                 m.batch_size.labels(model),
