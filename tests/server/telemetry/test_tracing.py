@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -20,6 +23,8 @@ from server.telemetry.tracing import SPAN_NAME, Tracing
 
 from .collector import Collector
 from .events import PARENT_ID, TRACE_ID, TRACEPARENT, event
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -149,21 +154,19 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
         yield c
 
 
-def _one_request(tracing: Tracing) -> None:
-    tracing(event(headers={"traceparent": TRACEPARENT}))
-
-
 def test_spans_leave_a_forked_process_through_otlp(collector: Collector) -> None:
     """Made before a fork and used only after it, as in the server: the child (a multiprocessing
     child, like LitServe's HTTP processes) exports its span with the default batching OTLP/HTTP
-    exporter, flushed when it exits."""
-    [tracing] = build_observers(ServerConfig(tracing=True))
-    assert isinstance(tracing, Tracing)
-    child = multiprocessing.get_context("fork").Process(target=_one_request, args=(tracing,))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    exporter, flushed when it exits; the parent never starts a provider (forked_span.py)."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "tests.server.telemetry.forked_span"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
     span = collector.wait_for(lambda s: s.name == SPAN_NAME)
     assert span.trace_id == TRACE_ID and span.parent_span_id == PARENT_ID
     assert span.attributes["modeldock.model"] == "tiny" and span.resource["service.name"] == "scoring"
-    assert tracing._provider is None  # this process never started one
