@@ -34,9 +34,10 @@ _RESERVED = {EXAMPLES_NAME, MANIFEST_NAME, *_formats.FILENAMES.values()}
 
 @dataclass
 class Plan:
-    """A checked publish request: the model on the CPU, its inputs and golden outputs."""
+    """A checked publish request: the model on the CPU (None for a ready-made artifact), its
+    inputs and golden outputs."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     args: tuple[torch.Tensor, ...]
     inputs: Tensors
     golden: Tensors
@@ -50,6 +51,8 @@ class Plan:
     trust_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     data_files: dict[str, bytes | Path] = field(default_factory=dict)
+    prebuilt: dict[str, Path] = field(default_factory=dict)  # format -> a file copied as it is
+    parameters: int = 0
 
 
 def _factory(
@@ -152,6 +155,7 @@ def plan(
             raise StoreError(f"metric {k!r} must be a finite number, got {v!r}")
         clean_metrics[str(k)] = float(v)
     return Plan(
+        parameters=sum(p.numel() for p in cpu_model.parameters()),
         model=cpu_model,
         args=args,
         inputs={n: a.numpy() for n, a in zip(in_names, args, strict=True)},
@@ -177,7 +181,7 @@ def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
             path,
             signature,
             factory=plan.factory,
-            template=copy.deepcopy(plan.model),
+            template=copy.deepcopy(plan.model) if plan.model is not None else None,
             trust_pickle=plan.trust_pickle,
         )
         got = runtime.predict(plan.inputs)
@@ -201,17 +205,22 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
     artifacts = []
     framework: dict[str, Any] = {"torch": torch.__version__, "numpy": np.__version__}
     for fmt in plan.formats:
-        path = _formats.export(
-            fmt,
-            plan.model,
-            plan.args,
-            staging,
-            input_names=[s.name for s in signature.inputs],
-            output_names=[s.name for s in signature.outputs],
-            opset=plan.opset,
-            torchscript_method=plan.torchscript_method,
-            trust_pickle=plan.trust_pickle,
-        )
+        if fmt in plan.prebuilt:  # a ready-made artifact (an imported archive's): its bytes as they are
+            path = staging / _formats.FILENAMES[fmt]
+            shutil.copyfile(plan.prebuilt[fmt], path)
+        else:
+            assert plan.model is not None, "a plan without a model has every format prebuilt"
+            path = _formats.export(
+                fmt,
+                plan.model,
+                plan.args,
+                staging,
+                input_names=[s.name for s in signature.inputs],
+                output_names=[s.name for s in signature.outputs],
+                opset=plan.opset,
+                torchscript_method=plan.torchscript_method,
+                trust_pickle=plan.trust_pickle,
+            )
         _check(plan, fmt, path, signature)
         if fmt == "onnx":
             framework["onnx_opset"] = _onnx_opset(path)
@@ -243,7 +252,7 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
         metrics=plan.metrics,
         model_factory=plan.factory,
         framework=framework,
-        parameter_count=sum(p.numel() for p in plan.model.parameters()),
+        parameter_count=plan.parameters,
         training=plan.extra["training"],
         description=plan.extra["description"],
         tags=plan.extra["tags"],

@@ -127,6 +127,17 @@ class BoundHandler:
         except Exception as e:
             self._fail("encode_response", e)
 
+    def encode_torchserve(self, outputs: Arrays) -> Any:
+        """One response of TorchServe's predictions route, made plain JSON like v1's."""
+        try:
+            response = self.handler.encode_torchserve(outputs)
+        except Exception as e:
+            self._fail("encode_torchserve", e)
+        try:
+            return to_json(response)
+        except TypeError as e:
+            self._wrong("encode_torchserve", f"returned what JSON cannot hold: {e}")
+
     def encode_v1(self, outputs: Arrays) -> Any:
         """One prediction of a v1 response: the response made plain JSON (numpy to lists,
         bytes to UTF-8 text or `{"b64": ...}`)."""

@@ -57,7 +57,8 @@ def _encode(servable: Servable, work: Work, parts: list[dict[str, Any]]) -> Outc
         assert bound is not None
         return Outcome(200, servable.version, bound.encode_v2(parts[0]))
     if bound is not None:
-        return Outcome(200, servable.version, payload=[bound.encode_v1(p) for p in parts])
+        encode = bound.encode_torchserve if work.torchserve else bound.encode_v1
+        return Outcome(200, servable.version, payload=[encode(p) for p in parts])
     outputs = parts[0]
     rows = [dict(zip(outputs, values, strict=True)) for values in zip(*outputs.values(), strict=True)]
     plain = [{k: v.tolist() for k, v in r.items()} for r in rows]
