@@ -55,6 +55,7 @@ class BoundHandler:
         self.signature = signature
         self.served = served
         self.name = handler_name(type(handler))
+        self.decode_s = 0.0  # a moving average of decode_request's time, kept by the worker
 
     def _fail(self, hook: str, e: BaseException) -> NoReturn:
         if isinstance(e, HandlerInputError):

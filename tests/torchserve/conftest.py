@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,12 @@ def make_mar(
         args += ["--model-file", str(model_file)]
     if extra:
         args += ["--extra-files", ",".join(str(p) for p in extra)]
-    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    # The archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps parallel runs apart.
+    tmp = out / f".tmp-{name}"
+    tmp.mkdir(exist_ok=True)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
+    assert done.returncode == 0, f"torch-model-archiver failed: {done.stderr[-2000:]}"
+    shutil.rmtree(tmp, ignore_errors=True)
     return out / f"{name}.mar"
 
 

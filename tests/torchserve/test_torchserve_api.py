@@ -4,6 +4,7 @@ management describe calls, and the same models over the Open Inference Protocol.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,15 @@ def test_management_describe_on_the_admin_key(served: ServerProcess) -> None:
 
 def test_import_and_serve_leave_no_code_from_the_archive_in_the_store(served: ServerProcess) -> None:
     assert not [p for p in Path(served.store).rglob("*.py")]
+
+
+def test_concurrent_images_each_get_their_own_answer(served: ServerProcess, archives: Archives) -> None:
+    """Batched, and decoded in threads once decoding is seen to be slow (server/worker/handled.py):
+    each request still gets the answer for its own image."""
+    images = [jpeg(10 + i, (300 + 8 * i, 240)) for i in range(16)]
+    want = [expected_top5(archives, im) for im in images]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for _ in range(3):  # bounded: 3 rounds of 16
+            got = list(pool.map(lambda im: served.post("/predictions/vision", im).json(), images))
+            for g, w in zip(got, want, strict=True):
+                assert list(g) == list(w) and np.allclose(list(g.values()), list(w.values()), atol=1e-5)
