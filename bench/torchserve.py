@@ -35,8 +35,9 @@ TS_VENV = ROOT / ".venv" / "peers" / "torchserve"
 BATCH, DELAY_MS = 8, 5
 
 
-def _post(port: int, body: bytes) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/predictions/vision", data=body, method="POST")
+def post(port: int, body: bytes, model: str = "vision") -> tuple[int, Any]:
+    """One `/predictions` call: the status and the JSON answer (the text of an error)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/predictions/{model}", data=body, method="POST")
     req.add_header("Content-Type", "image/jpeg")
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -52,7 +53,7 @@ def build_archive(work: Path) -> Path:
     import torch
 
     from tests.torchserve.conftest import LABELS, make_mar
-    from tests.torchserve.models import TinyVision
+    from tests.torchserve.vision_model import TinyVision
 
     torch.manual_seed(0)
     model = TinyVision().eval()
@@ -67,19 +68,24 @@ class TorchServe(ServerProcess):
     ready_path = "/ping"
 
 
-def start_torchserve(archive: Path, work: Path) -> TorchServe:
+def start_torchserve(archives: list[Path], work: Path) -> TorchServe:
+    """TorchServe serving each archive as the model of its file name, one worker each, batching
+    as modeldock does in this bench; ready once each model answers an image."""
     if not (TS_VENV / "bin" / "torchserve").exists():
         raise BenchError(f"TorchServe is not installed in {TS_VENV}: run scripts/install_torchserve.sh")
     port, mgmt, metrics = free_port(), free_port(), free_port()
     home = work / "ts"
     shutil.rmtree(home, ignore_errors=True)
     (home / "store").mkdir(parents=True)
-    shutil.copy(archive, home / "store" / archive.name)
-    models = {"vision": {"1.0": {"marName": archive.name, "minWorkers": 1, "maxWorkers": 1,
-                                 "batchSize": BATCH, "maxBatchDelay": DELAY_MS}}}  # fmt: skip
+    models = {}
+    for archive in archives:
+        shutil.copy(archive, home / "store" / archive.name)
+        models[archive.stem] = {"1.0": {"marName": archive.name, "minWorkers": 1, "maxWorkers": 1,
+                                        "batchSize": BATCH, "maxBatchDelay": DELAY_MS}}  # fmt: skip
     (home / "config.properties").write_text(
         f"inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{mgmt}\n"
-        f"metrics_address=http://127.0.0.1:{metrics}\nmodel_store={home / 'store'}\nload_models={archive.name}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\nmodel_store={home / 'store'}\n"
+        f"load_models={','.join(a.name for a in archives)}\n"
         f"disable_token_authorization=true\nenable_envvars_config=false\ndefault_workers_per_model=1\n"
         f"models={json.dumps(models)}\n"
     )
@@ -92,12 +98,13 @@ def start_torchserve(archive: Path, work: Path) -> TorchServe:
     cmd = [str(TS_VENV / "bin" / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
            "--model-store", str(home / "store"), "--ts-config", str(home / "config.properties")]  # fmt: skip
     server = TorchServe("torchserve", cmd, port, work, env=env, ready_s=240)
-    deadline = time.monotonic() + 120  # /ping is healthy before the model's worker is up
-    while _post(port, _jpeg(0))[0] != 200:
-        if time.monotonic() > deadline:
-            server.stop()
-            raise BenchError(f"TorchServe's worker did not answer within 120 s; its log: {server.log}")
-        time.sleep(0.5)
+    deadline = time.monotonic() + 180  # /ping is healthy before the models' workers are up
+    for archive in archives:
+        while post(port, jpeg_image(0), archive.stem)[0] != 200:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise BenchError(f"TorchServe's {archive.stem} did not answer within 180 s; its log: {server.log}")
+            time.sleep(0.5)
     return server
 
 
@@ -120,7 +127,7 @@ def start_modeldock(archive: Path, work: Path) -> ServerProcess:
     return ServerProcess("modeldock", cmd, port, work, env=env)
 
 
-def _jpeg(seed: int) -> bytes:
+def jpeg_image(seed: int) -> bytes:
     from tests.torchserve.conftest import jpeg
 
     return jpeg(seed, (320 + 16 * seed, 240))
@@ -129,8 +136,8 @@ def _jpeg(seed: int) -> bytes:
 def parity(ts: ServerProcess, md: ServerProcess, n: int = 8) -> list[dict[str, Any]]:
     rows = []
     for seed in range(n):
-        image = _jpeg(seed)
-        (s1, a), (s2, b) = _post(ts.port, image), _post(md.port, image)
+        image = jpeg_image(seed)
+        (s1, a), (s2, b) = post(ts.port, image), post(md.port, image)
         same_labels = s1 == s2 == 200 and list(a) == list(b)
         diff = max(abs(a[k] - b[k]) for k in a) if same_labels else float("inf")
         rows.append({"image": seed, "torchserve": a, "modeldock": b, "same_labels": same_labels, "max_abs_diff": diff})
@@ -139,7 +146,7 @@ def parity(ts: ServerProcess, md: ServerProcess, n: int = 8) -> list[dict[str, A
 
 def load(server: ServerProcess, c: int, requests: int, seconds: float, work: Path) -> dict[str, Any]:
     body = work / "body.jpg"
-    body.write_bytes(_jpeg(1))
+    body.write_bytes(jpeg_image(1))
     cmd = [PY, "-m", "bench.client", f"http://127.0.0.1:{server.port}/predictions/vision", str(body)]
     cmd += ["--concurrency", str(c), "--requests", str(requests), "--max-seconds", str(seconds)]
     cmd += ["--header", "Content-Type:image/jpeg"]
@@ -165,7 +172,7 @@ def main() -> None:
     work.mkdir(parents=True)
     archive = build_archive(work)
     rows: list[dict[str, Any]] = []
-    ts = start_torchserve(archive, work)
+    ts = start_torchserve([archive], work)
     try:
         md = start_modeldock(archive, work)
         try:

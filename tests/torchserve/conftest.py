@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from .models import TinyNet, TinyVision
+from .models import TinyNet
+from .vision_model import TinyVision
 
 MODEL_FILE = Path(__file__).with_name("models.py")
+VISION_FILE = Path(__file__).with_name("vision_model.py")
 NAMES = ["tench", "goldfish", "shark", "ray", "cock", "hen", "finch", "junco", "bunting", "robin"]
 LABELS = {str(i): name for i, name in enumerate(NAMES)}
 
