@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from .errors import StoreError, UntrustedPickle
+from .torch_export import export_program
 
 FILENAMES = {
     "onnx": "model.onnx",
     "torchscript": "model.torchscript.pt",
+    "exported": "model.exported.pt2",  # torch.export (model_store/torch_export.py)
     "state_dict": "model.state_dict.pt",
     "pickle": "model.pickle.pt",
 }
@@ -103,6 +105,8 @@ def export(
         export_onnx(model, args, path, input_names, output_names, opset)
     elif fmt == "torchscript":
         export_torchscript(model, args, path, torchscript_method)
+    elif fmt == "exported":
+        export_program(model, args, path)
     elif fmt == "state_dict":
         torch.save(model.state_dict(), path)
     else:

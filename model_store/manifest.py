@@ -24,7 +24,7 @@ from .signature import Signature
 SCHEMA_VERSION = 2  # the newest schema this code reads and writes
 DATA_FILES_SCHEMA = 2  # the first schema with `data_files`
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "torchscript", "state_dict", "pickle")
+FORMATS = ("onnx", "torchscript", "exported", "state_dict", "pickle")
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A data file is one plain file of the version folder: no subfolders, no hidden names (the S3

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PLATFORMS = {
     "onnx": "onnx_onnxv1",
     "torchscript": "pytorch_torchscript",
+    "exported": "pytorch_exported",
     "state_dict": "pytorch_eager",
     "pickle": "pytorch_eager",
 }
@@ -105,17 +106,19 @@ def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[st
             )
         return cfg.artifact, f"{cfg.artifact} as configured"
     if device == "cpu":
-        order = ["onnx", "torchscript", "state_dict", "pickle"]
+        order = ["onnx", "torchscript", "exported", "state_dict", "pickle"]
         why = "onnxruntime is the fastest CPU runtime; torch formats are fallbacks"
     elif _ort_has_cuda():
-        order = ["onnx", "torchscript", "state_dict", "pickle"]
+        order = ["onnx", "torchscript", "exported", "state_dict", "pickle"]
         why = "onnxruntime has the CUDA execution provider"
     else:
-        order = ["torchscript", "state_dict", "pickle", "onnx"]
+        order = ["torchscript", "exported", "state_dict", "pickle", "onnx"]
         why = "onnxruntime here has no CUDA provider, so a torch format runs on the GPU"
-    for fmt in order:
+    for i, fmt in enumerate(order):
         if fmt in present:
-            return fmt, f"{fmt} on {device}: {why}"
+            if i == 0:
+                return fmt, f"{fmt} on {device}: {why}"
+            return fmt, f"{fmt} on {device}: the first of {order} this version has ({why})"
     raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
 
 
