@@ -16,7 +16,7 @@ class RequestEvent:
     """One answered request, for observers (traces, payload logs) after its reply is made."""
 
     model: str
-    protocol: str  # "rest" | "grpc" | "v1"
+    protocol: str  # "rest" | "grpc" | "v1" | "torchserve"
     status: int
     version: str  # the version that answered ("" if none)
     headers: Mapping[str, str]  # the request's (traceparent lives here)

@@ -10,6 +10,7 @@ have TorchServe's shape: `{"code": 404, "type": "ModelNotFoundException", "messa
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from email import policy
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 
 from ..dataplane.auth import check_admin_key
+from ..dataplane.events import RequestEvent
 from ..dataplane.repository import Repository
 from ..dataplane.status import ServingStatus
 from ..errors import ServingError, not_found
@@ -88,6 +90,17 @@ async def predictions(
 ) -> Reply:
     """`POST /predictions/{model}[/{version}]`: the handler's TorchServe response for the body; a
     model without a handler takes a JSON list of rows and answers a list, one per row."""
+    started, wall = time.perf_counter(), time.time_ns()
+    reply = await _predictions(endpoint, chunks, headers, version)
+    if endpoint.observers:  # traces and the payload log see these calls too
+        took = time.perf_counter() - started
+        endpoint.notify(RequestEvent(endpoint.cfg.name, "torchserve", reply.status, reply.version, headers, wall, took))
+    return reply
+
+
+async def _predictions(
+    endpoint: InferHandler, chunks: bytes | AsyncIterator[bytes], headers: Mapping[str, str], version: str | None
+) -> Reply:
     name = endpoint.cfg.name
     try:
         if version is not None and (not is_count(version) or int(version) < 1):
