@@ -26,7 +26,10 @@ from .runtimes import load_state_dict, resolve_factory
 from .store import ModelStore, check_name
 
 # modeldock handlers giving the responses of TorchServe's built-in handlers of the same name.
-HANDLERS = {"image_classifier": "server.handlers.torchserve:ImageClassifier"}
+HANDLERS = {
+    "image_classifier": "server.handlers.torchserve:ImageClassifier",
+    "image_segmenter": "server.handlers.torchserve:ImageSegmenter",
+}
 IMAGE_HANDLERS = ("image_classifier", "object_detector", "image_segmenter")
 IMAGE_EXAMPLE_SHAPE = (2, 3, 224, 224)  # what torchvision's image handlers feed the model, two rows
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -39,6 +39,10 @@ def _artifact_outputs(fmt: str, path: Path, args: tuple[torch.Tensor, ...]) -> t
             module = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
             with torch.inference_mode():
                 out = module(*args)
+            if isinstance(out, Mapping):  # named outputs (a segmentation model's {"out": ...})
+                names = [str(k) for k in out]
+                in_names = names_for("input", len(args), None)
+                return in_names, names, {n: t.detach().numpy() for n, t in zip(names, out.values(), strict=True)}
             outs = out if isinstance(out, (tuple, list)) else (out,)
             in_names, out_names = names_for("input", len(args), None), names_for("output", len(outs), None)
             return in_names, out_names, {n: t.detach().numpy() for n, t in zip(out_names, outs, strict=True)}

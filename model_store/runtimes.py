@@ -87,6 +87,8 @@ class TorchRuntime:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._inputs]
         with torch.inference_mode():
             out = self._module(*args)
+        if isinstance(out, Mapping):  # a dict of outputs (torchvision's {"out": ...}): by name
+            out = tuple(out[n] for n in self._outputs) if set(self._outputs) <= set(out) else tuple(out.values())
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(self._outputs):
             raise StoreError(f"model returned {len(outs)} outputs, signature has {len(self._outputs)}")

@@ -5,6 +5,8 @@ the torchvision preprocessing it applies (shorter side resized to 256 with bilin
 224x224 centre crop, /255, ImageNet mean and std), and its top-5 `{label: probability}` out,
 labels from the archive's `index_to_name.json`. Written with Pillow and numpy: torchvision
 resizes PIL images with Pillow itself, so the model sees the same numbers without torchvision.
+`ImageSegmenter` is its `image_segmenter`: the same preprocessing, and per pixel the most likely
+class and its probability.
 """
 
 from __future__ import annotations
@@ -121,15 +123,27 @@ def _rows(request: Any) -> list[bytes]:
     raise HandlerInputError('send the image as the body, a form field "data", or {"data": "<base64>"}')
 
 
-class ImageClassifier(Handler):
-    """TorchServe's image_classifier: top-5 classes of an image, `{label: probability}`."""
+class _Vision(Handler):
+    """TorchServe's VisionHandler: an image per request, preprocessed as torchvision would."""
 
     inputs = (TensorInfo("data", "BYTES", (-1, 1)),)
-    outputs = (TensorInfo("label", "BYTES", (-1, -1)), TensorInfo("probability", "FP32", (-1, -1)))  # top-k per row
 
     def setup(self, manifest: Manifest, folder: Path) -> None:
         self.input_name = manifest.signature.inputs[0].name
-        self.output_name = manifest.signature.outputs[0].name
+        names = [o.name for o in manifest.signature.outputs]
+        self.output_name = "out" if "out" in names else names[0]  # torchvision's segmentation dict
+
+    def decode_request(self, request: Any) -> Arrays:
+        return {self.input_name: np.stack([preprocess(b) for b in _rows(request)])}
+
+
+class ImageClassifier(_Vision):
+    """TorchServe's image_classifier: top-5 classes of an image, `{label: probability}`."""
+
+    outputs = (TensorInfo("label", "BYTES", (-1, -1)), TensorInfo("probability", "FP32", (-1, -1)))  # top-k per row
+
+    def setup(self, manifest: Manifest, folder: Path) -> None:
+        super().setup(manifest, folder)
         classes = manifest.signature.outputs[0].shape[-1]
         self.topk = min(TOPK, classes) if classes > 0 else TOPK
         if manifest.data_file(MAPPING_FILE) is None:
@@ -137,13 +151,8 @@ class ImageClassifier(Handler):
         else:
             self.mapping = load_mapping(self.data_file(manifest, folder, MAPPING_FILE))
 
-    def decode_request(self, request: Any) -> Arrays:
-        return {self.input_name: np.stack([preprocess(b) for b in _rows(request)])}
-
     def _top(self, outputs: Arrays) -> tuple[list[list[str]], np.ndarray[Any, Any]]:
-        logits = outputs[self.output_name].astype(np.float32)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = exp / exp.sum(axis=1, keepdims=True)
+        probs = _softmax(outputs[self.output_name].astype(np.float32), axis=1)
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
         names = [[self._name(int(i)) for i in row] for row in order]
         return names, np.take_along_axis(probs, order, axis=1)
@@ -164,3 +173,32 @@ class ImageClassifier(Handler):
         names, probs = self._top(outputs)
         row = [{n: float(p) for n, p in zip(ns, ps, strict=True)} for ns, ps in zip(names, probs, strict=True)]
         return row[0] if len(row) == 1 else row
+
+
+def _softmax(logits: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]:
+    exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    out: np.ndarray[Any, Any] = exp / exp.sum(axis=axis, keepdims=True)
+    return out
+
+
+class ImageSegmenter(_Vision):
+    """TorchServe's image_segmenter: per pixel of the 224x224 crop, the most likely class and its
+    probability. TorchServe answers `[H][W][class, probability]` (the class as a float)."""
+
+    outputs = (TensorInfo("classes", "INT64", (-1, -1, -1)), TensorInfo("probability", "FP32", (-1, -1, -1)))
+
+    def _best(self, outputs: Arrays) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        logits = outputs[self.output_name]
+        if logits.ndim != 4:
+            raise HandlerSetupError(f"image_segmenter needs [n, classes, h, w] outputs, got {list(logits.shape)}")
+        probs = _softmax(logits.astype(np.float32), axis=1)
+        return probs.argmax(axis=1), probs.max(axis=1)
+
+    def encode_response(self, outputs: Arrays) -> Any:
+        classes, probs = self._best(outputs)
+        return {"classes": classes.astype(np.int64), "probability": probs}
+
+    def encode_torchserve(self, outputs: Arrays) -> Any:
+        classes, probs = self._best(outputs)
+        stacked = np.stack([classes.astype(np.float32), probs], axis=-1)  # [n, h, w, 2], as TorchServe's
+        return stacked[0].tolist() if len(stacked) == 1 else stacked.tolist()

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from .models import TinyNet
+from .seg_model import TinySegmenter
 from .vision_model import TinyVision
 
 MODEL_FILE = Path(__file__).with_name("models.py")
@@ -52,19 +53,23 @@ class Archives:
     eager: Path  # TinyNet: models.py + a state_dict, base_handler
     torchscript: Path  # TinyNet traced
     image: Path  # TinyVision traced, image_classifier, index_to_name.json
+    segmenter: Path  # TinySegmenter traced ({"out": ...}), image_segmenter
     example: Path  # a .npy batch of TinyNet's inputs
     tiny: TinyNet
     vision: TinyVision
+    seg: TinySegmenter
 
 
 @pytest.fixture(scope="session")
 def archives(tmp_path_factory: pytest.TempPathFactory) -> Archives:
     work = tmp_path_factory.mktemp("mar")
     torch.manual_seed(0)
-    tiny, vision = TinyNet().eval(), TinyVision().eval()
+    tiny, vision, seg = TinyNet().eval(), TinyVision().eval(), TinySegmenter().eval()
     torch.save(tiny.state_dict(), work / "tiny.pt")
     torch.jit.save(torch.jit.trace(tiny, torch.rand(2, 4)), work / "tiny_ts.pt")  # type: ignore[no-untyped-call]
     torch.jit.save(torch.jit.trace(vision, torch.rand(2, 3, 224, 224)), work / "vision.pt")  # type: ignore[no-untyped-call]
+    traced_seg = torch.jit.trace(seg, torch.rand(2, 3, 224, 224), strict=False)  # type: ignore[no-untyped-call]
+    torch.jit.save(traced_seg, work / "seg.pt")  # type: ignore[no-untyped-call]
     (work / "index_to_name.json").write_text(json.dumps(LABELS))
     np.save(work / "x.npy", np.random.default_rng(1).random((3, 4), dtype=np.float32))
     out = work / "archives"
@@ -73,9 +78,11 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Archives:
         eager=make_mar(out, "tiny", work / "tiny.pt", "base_handler", model_file=MODEL_FILE),
         torchscript=make_mar(out, "tinyts", work / "tiny_ts.pt", "base_handler"),
         image=make_mar(out, "vision", work / "vision.pt", "image_classifier", work / "index_to_name.json"),
+        segmenter=make_mar(out, "seg", work / "seg.pt", "image_segmenter"),
         example=work / "x.npy",
         tiny=tiny,
         vision=vision,
+        seg=seg,
     )
 
 

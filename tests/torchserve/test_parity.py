@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def both(archives: Archives, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BenchServer, ServerProcess]]:
     """Three image-classifier archives: eager (model file + state_dict), TorchScript with labels,
-    TorchScript without (TorchServe then answers class indexes)."""
+    TorchScript without (TorchServe then answers class indexes); and an image segmenter."""
     work = tmp_path_factory.mktemp("parity")
     torch.save(archives.vision.state_dict(), work / "weights.pt")
     labels = archives.image.parent.parent / "index_to_name.json"
@@ -38,6 +38,7 @@ def both(archives: Archives, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         make_mar(work, "eagervision", work / "weights.pt", "image_classifier", labels, model_file=VISION_FILE),
         make_mar(work, "tsvision", with_labels, "image_classifier", labels),
         make_mar(work, "nolabels", with_labels, "image_classifier"),
+        archives.segmenter,
     ]
     store = ModelStore(work / "models")
     models = {}
@@ -70,3 +71,15 @@ def test_same_answers_as_torchserve(both: tuple[BenchServer, ServerProcess], mod
         assert list(mine) == list(theirs), f"image {seed}: top-5 labels differ"
         assert np.allclose(list(mine.values()), list(theirs.values()), rtol=0, atol=1e-5)
     assert (Path(md.store) / model).is_dir()
+
+
+def test_same_segmentation_as_torchserve(both: tuple[BenchServer, ServerProcess]) -> None:
+    ts, md = both
+    for seed in range(3):
+        image = jpeg(seed, (300, 260 + 20 * seed))
+        status, theirs = post(ts.port, image, "seg")
+        ours = md.post("/predictions/seg", image)
+        assert status == 200 and ours.status_code == 200, (str(theirs)[:300], ours.text[:300])
+        a, b = np.array(theirs), np.array(ours.json())
+        assert a.shape == b.shape == (224, 224, 2)
+        assert np.array_equal(a[..., 0], b[..., 0]) and np.allclose(a[..., 1], b[..., 1], atol=1e-5)

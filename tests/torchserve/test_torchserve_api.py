@@ -30,11 +30,17 @@ def served(archives: Archives, tmp_path_factory: pytest.TempPathFactory) -> Iter
     import_mar(store, archives.eager, example_input=archives.example, model_class="tests.torchserve.models:TinyNet")
     import_mar(store, archives.torchscript, example_input=archives.example)
     vision = import_mar(store, archives.image)
+    seg = import_mar(store, archives.segmenter)
     (base / "cwd").mkdir()
     config = {
         "poll_interval": 0.3,
         "admin_api_key": "admin-secret",
-        "models": {"tiny": {}, "tinyts": {}, "vision": {"handler": vision.handler, "batch_timeout_s": 0.02}},
+        "models": {
+            "tiny": {},
+            "tinyts": {},
+            "vision": {"handler": vision.handler, "batch_timeout_s": 0.02},
+            "seg": {"handler": seg.handler},
+        },
     }
     server = ServerProcess(base / "models", base / "cwd", config)
     try:
@@ -124,7 +130,7 @@ def test_management_describe_on_the_admin_key(served: ServerProcess) -> None:
     refused = served.get("/models")
     assert refused.status_code == 401 and refused.json()["type"] == "InvalidKeyException"
     listing = served.get("/models", headers=ADMIN).json()
-    assert [m["modelName"] for m in listing["models"]] == ["tiny", "tinyts", "vision"]
+    assert [m["modelName"] for m in listing["models"]] == ["seg", "tiny", "tinyts", "vision"]
     [described] = served.get("/models/vision", headers=ADMIN).json()
     assert described["modelName"] == "vision" and described["modelVersion"] == "1"
     assert described["workers"][0]["status"] == "READY" and described["batchSize"] == 32
@@ -148,3 +154,22 @@ def test_concurrent_images_each_get_their_own_answer(served: ServerProcess, arch
             got = list(pool.map(lambda im: served.post("/predictions/vision", im).json(), images))
             for g, w in zip(got, want, strict=True):
                 assert list(g) == list(w) and np.allclose(list(g.values()), list(w.values()), atol=1e-5)
+
+
+def test_image_segmenter_answers_a_class_and_probability_per_pixel(served: ServerProcess, archives: Archives) -> None:
+    image = jpeg(5)
+    with torch.inference_mode():
+        probs = torch.softmax(archives.seg(torch.from_numpy(preprocess(image)[None]))["out"], dim=1)
+    best = torch.max(probs, dim=1)
+    want = torch.stack([best.indices.float(), best.values], dim=3)[0]  # TorchServe's [h][w][2]
+    r = served.post("/predictions/seg", image)
+    assert r.status_code == 200, r.text[:500]
+    got = torch.tensor(r.json())
+    assert got.shape == (224, 224, 2)
+    assert torch.equal(got[..., 0], want[..., 0]) and torch.allclose(got[..., 1], want[..., 1], atol=1e-5)
+    body = {
+        "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1, 1], "data": [base64.b64encode(image).decode()]}]
+    }
+    v2 = {o["name"]: o for o in served.post("/v2/models/seg/infer", body).json()["outputs"]}
+    assert v2["classes"]["shape"] == [1, 224, 224] and v2["classes"]["datatype"] == "INT64"
+    assert np.array_equal(np.array(v2["classes"]["data"]).reshape(224, 224), want[..., 0].numpy())
