@@ -8,9 +8,11 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from . import torch_export
 from .errors import StoreError, UntrustedPickle
 
 FILENAMES = {
@@ -18,6 +20,8 @@ FILENAMES = {
     "torchscript": "model.torchscript.pt",
     "state_dict": "model.state_dict.pt",
     "pickle": "model.pickle.pt",
+    "exported": "model.exported.pt2",
+    "aoti": "model.aoti.pt2",
 }
 
 
@@ -105,6 +109,10 @@ def export(
         export_torchscript(model, args, path, torchscript_method)
     elif fmt == "state_dict":
         torch.save(model.state_dict(), path)
+    elif fmt == "exported":
+        torch_export.export_exported(model, args, path)
+    elif fmt == "aoti":
+        torch_export.export_aoti(model, args, path)
     else:
         if not trust_pickle:
             raise UntrustedPickle(
@@ -113,3 +121,8 @@ def export(
             )
         torch.save(model, path)
     return path
+
+
+def environment(fmt: str) -> dict[str, Any] | None:
+    """The build environment a format's artifact depends on (compiled code), recorded per artifact."""
+    return torch_export.build_environment("cpu") if fmt == "aoti" else None

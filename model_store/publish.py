@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import importlib.metadata
+import logging
 import os
 import shutil
 import stat
@@ -24,8 +25,10 @@ from .errors import ExportMismatch, StoreError
 from .manifest import DATA_FILE_NAME, FORMATS, MANIFEST_NAME, Artifact, DataFile, Examples, Manifest, ModelFactory
 from .runtimes import Tensors, load_runtime, resolve_factory
 from .signature import Signature, names_for
+from .torch_export import ExportRefused
 from .verify import HashCache, golden_problem, max_error, save_examples
 
+log = logging.getLogger(__name__)
 EXAMPLES_NAME = "examples.npz"
 # A data file's content, or a file to copy it from.
 DataSource = bytes | bytearray | memoryview | str | os.PathLike[str]
@@ -201,22 +204,29 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
     artifacts = []
     framework: dict[str, Any] = {"torch": torch.__version__, "numpy": np.__version__}
     for fmt in plan.formats:
-        path = _formats.export(
-            fmt,
-            plan.model,
-            plan.args,
-            staging,
-            input_names=[s.name for s in signature.inputs],
-            output_names=[s.name for s in signature.outputs],
-            opset=plan.opset,
-            torchscript_method=plan.torchscript_method,
-            trust_pickle=plan.trust_pickle,
-        )
+        try:
+            path = _formats.export(
+                fmt,
+                plan.model,
+                plan.args,
+                staging,
+                input_names=[s.name for s in signature.inputs],
+                output_names=[s.name for s in signature.outputs],
+                opset=plan.opset,
+                torchscript_method=plan.torchscript_method,
+                trust_pickle=plan.trust_pickle,
+            )
+        except ExportRefused as e:  # torch.export cannot trace this model: land the other formats
+            log.warning("refusing format %s: %s", fmt, e)
+            continue
         _check(plan, fmt, path, signature)
         if fmt == "onnx":
             framework["onnx_opset"] = _onnx_opset(path)
             framework["onnxruntime"] = importlib.metadata.version("onnxruntime")
-        artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt))
+        env = _formats.environment(fmt)
+        artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt, environment=env))
+    if not artifacts:
+        raise StoreError(f"refusing to publish: no format could be exported ({', '.join(plan.formats)})")
     examples_path = staging / EXAMPLES_NAME
     save_examples(examples_path, plan.inputs, plan.golden)
     data_files = []

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import StoreError
 from .manifest import Manifest
 from .runtimes import Runtime, Tensors, load_runtime
+from .torch_export import NotRunnableHere
 
 _CHUNK = 1 << 20
 
@@ -159,6 +160,7 @@ def check_artifact(
             factory=manifest.model_factory,
             trust_pickle=trust_pickle,
             threads=threads,
+            environment=artifact.environment,
         )
     except StoreError:
         raise
@@ -198,6 +200,9 @@ def verify_version(folder: Path, manifest: Manifest, hashes: HashCache, *, trust
             continue
         try:
             _, err = check_artifact(folder, manifest, fmt, trust_pickle=trust_pickle)
+        except NotRunnableHere as e:  # built for another machine: not a fault of the version
+            report.notes.append(str(e))
+            continue
         except StoreError as e:
             report.problems.append(str(e))
             continue

@@ -22,6 +22,7 @@ import torch
 from model_store import StoreError
 from model_store.manifest import Manifest
 from model_store.runtimes import Runtime, Tensors
+from model_store.torch_export import NotRunnableHere
 from model_store.verify import check_artifact, load_examples
 
 from ..config import ModelConfig
@@ -36,6 +37,8 @@ PLATFORMS = {
     "torchscript": "pytorch_torchscript",
     "state_dict": "pytorch_eager",
     "pickle": "pytorch_eager",
+    "exported": "pytorch_export",
+    "aoti": "pytorch_aoti",
 }
 
 
@@ -91,8 +94,11 @@ def _ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[str, str]:
-    """The format to load for `device`, and why (logged and shown in model metadata)."""
+def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[list[str], str]:
+    """The formats to try for `device`, best first, and why (logged and shown in model metadata).
+
+    More than one only for `auto`: an aoti package built for another machine is skipped for the next.
+    """
     present = {a.format for a in manifest.artifacts}
     if manifest.model_factory is None:
         present.discard("state_dict")  # not rebuildable: never served
@@ -103,20 +109,21 @@ def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[st
             raise Rejected(
                 f"config asks for artifact {cfg.artifact!r}; this version has none usable ({sorted(present)})"
             )
-        return cfg.artifact, f"{cfg.artifact} as configured"
+        return [cfg.artifact], f"{cfg.artifact} as configured"
+    # A publisher who asked for aoti or exported asked for that runtime; older formats keep their order.
     if device == "cpu":
-        order = ["onnx", "torchscript", "state_dict", "pickle"]
-        why = "onnxruntime is the fastest CPU runtime; torch formats are fallbacks"
+        order = ["aoti", "exported", "onnx", "torchscript", "state_dict", "pickle"]
+        why = "compiled (aoti) first, then torch.export; onnxruntime is the fastest of the older formats"
     elif _ort_has_cuda():
-        order = ["onnx", "torchscript", "state_dict", "pickle"]
+        order = ["aoti", "exported", "onnx", "torchscript", "state_dict", "pickle"]
         why = "onnxruntime has the CUDA execution provider"
     else:
-        order = ["torchscript", "state_dict", "pickle", "onnx"]
+        order = ["aoti", "exported", "torchscript", "state_dict", "pickle", "onnx"]
         why = "onnxruntime here has no CUDA provider, so a torch format runs on the GPU"
-    for fmt in order:
-        if fmt in present:
-            return fmt, f"{fmt} on {device}: {why}"
-    raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
+    candidates = [fmt for fmt in order if fmt in present]
+    if not candidates:
+        raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
+    return candidates, why
 
 
 def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:
@@ -167,21 +174,32 @@ class Loader:
         if changed:
             raise Rejected("; ".join(changed))
         device = pick_device(self.cfg.device)
-        fmt, why = pick_artifact(manifest, self.cfg, device)
-        if fmt == "pickle":
-            log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
-        try:
-            runtime, err = check_artifact(
-                folder,
-                manifest,
-                fmt,
-                device=device,
-                trust_pickle=self.cfg.trust_pickle,
-                threads=self.threads,
-            )
-            self._warm_up(runtime, folder, manifest)
-        except StoreError as e:
-            raise Rejected(str(e)) from None
+        candidates, reason = pick_artifacts(manifest, self.cfg, device)
+        skipped: list[str] = []
+        for fmt in candidates:
+            if fmt == "pickle":
+                log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
+            try:
+                runtime, err = check_artifact(
+                    folder,
+                    manifest,
+                    fmt,
+                    device=device,
+                    trust_pickle=self.cfg.trust_pickle,
+                    threads=self.threads,
+                )
+                self._warm_up(runtime, folder, manifest)
+                break
+            except NotRunnableHere as e:  # built for another machine: the next artifact may run
+                log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
+                skipped.append(str(e))
+            except StoreError as e:
+                raise Rejected(str(e)) from None
+        else:
+            raise Rejected("; ".join(skipped))
+        why = reason if self.cfg.artifact != "auto" else f"{fmt} on {device}: {reason}"
+        if skipped:
+            why += f" ({'; '.join(skipped)})"
         seconds = time.perf_counter() - started
         log.info(
             "%s:%s loaded %s on %s in %.2fs (golden max error %.2g): %s",
