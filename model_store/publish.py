@@ -172,7 +172,7 @@ def plan(
     )
 
 
-def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
+def _check(plan: Plan, fmt: str, path: Path, signature: Signature, environment: dict[str, Any] | None) -> None:
     """Run the exported file as a server would and compare with the eager model."""
     try:
         runtime = load_runtime(
@@ -182,6 +182,7 @@ def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
             factory=plan.factory,
             template=copy.deepcopy(plan.model),
             trust_pickle=plan.trust_pickle,
+            environment=environment,
         )
         got = runtime.predict(plan.inputs)
     except StoreError as e:
@@ -219,11 +220,11 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
         except ExportRefused as e:  # torch.export cannot trace this model: land the other formats
             log.warning("refusing format %s: %s", fmt, e)
             continue
-        _check(plan, fmt, path, signature)
+        env = _formats.environment(fmt)
+        _check(plan, fmt, path, signature, env)
         if fmt == "onnx":
             framework["onnx_opset"] = _onnx_opset(path)
             framework["onnxruntime"] = importlib.metadata.version("onnxruntime")
-        env = _formats.environment(fmt)
         artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt, environment=env))
     if not artifacts:
         raise StoreError(f"refusing to publish: no format could be exported ({', '.join(plan.formats)})")

@@ -215,7 +215,7 @@ def load_aoti(
     """Check the recorded environment against this machine first: a mismatched package may crash."""
     problem = environment_problem(environment, machine_environment(device))
     if problem:
-        raise NotRunnableHere(f"aoti: cannot run here: {problem}")
+        raise NotRunnableHere(f"cannot run here: {problem}")
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()  # a truncated or corrupted member, before a .so is dlopen'ed

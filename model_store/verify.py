@@ -201,7 +201,7 @@ def verify_version(folder: Path, manifest: Manifest, hashes: HashCache, *, trust
         try:
             _, err = check_artifact(folder, manifest, fmt, trust_pickle=trust_pickle)
         except NotRunnableHere as e:  # built for another machine: not a fault of the version
-            report.notes.append(str(e))
+            report.notes.append(f"{fmt}: {e}")
             continue
         except StoreError as e:
             report.problems.append(str(e))

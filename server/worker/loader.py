@@ -192,7 +192,7 @@ class Loader:
                 break
             except NotRunnableHere as e:  # built for another machine: the next artifact may run
                 log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
-                skipped.append(str(e))
+                skipped.append(f"{fmt}: {e}")
             except StoreError as e:
                 raise Rejected(str(e)) from None
         else:
