@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STORE  ?= models
 
-.PHONY: serve test lint bench bench-rollout soak clean image-test prometheus-tools perf-analyzer
+.PHONY: serve test lint bench bench-rollout bench-torchserve soak clean image-test prometheus-tools perf-analyzer
 
 $(BIN)/modeldock: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ bench: $(BIN)/modeldock
 # Rollout figures (docs/benchmarks.md, "Rollout"): default rollout settings; about 7 minutes.
 bench-rollout: $(BIN)/modeldock
 	$(BIN)/python -m bench.rollout --out docs
+
+# Real TorchServe 0.12 beside modeldock on the same archive (docs/benchmarks.md, "Against
+# TorchServe"): a parity table, then req/s and p50. Installs TorchServe in .venv/peers/torchserve.
+bench-torchserve: $(BIN)/modeldock
+	test -x $(VENV)/peers/torchserve/bin/torchserve || VENV=$(VENV)/peers/torchserve scripts/install_torchserve.sh
+	$(BIN)/python -m bench.torchserve --out docs
 
 # 10 min at C=32 with hot swaps, then 200 promotions under load, then 100 add/remove cycles of a
 # model beside one under load, each with the RSS of every process (docs/soak.md, docs/reliability.md

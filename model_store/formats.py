@@ -12,15 +12,16 @@ from typing import Any
 
 import torch
 
-from . import torch_export
+from . import aoti
 from .errors import StoreError, UntrustedPickle
+from .torch_export import export_program
 
 FILENAMES = {
     "onnx": "model.onnx",
     "torchscript": "model.torchscript.pt",
+    "exported": "model.exported.pt2",  # torch.export (model_store/torch_export.py)
     "state_dict": "model.state_dict.pt",
     "pickle": "model.pickle.pt",
-    "exported": "model.exported.pt2",
     "aoti": "model.aoti.pt2",
 }
 
@@ -107,12 +108,12 @@ def export(
         export_onnx(model, args, path, input_names, output_names, opset)
     elif fmt == "torchscript":
         export_torchscript(model, args, path, torchscript_method)
+    elif fmt == "exported":
+        export_program(model, args, path)
     elif fmt == "state_dict":
         torch.save(model.state_dict(), path)
-    elif fmt == "exported":
-        torch_export.export_exported(model, args, path)
     elif fmt == "aoti":
-        torch_export.export_aoti(model, args, path)
+        aoti.export_aoti(model, args, path)
     else:
         if not trust_pickle:
             raise UntrustedPickle(
@@ -125,4 +126,4 @@ def export(
 
 def environment(fmt: str) -> dict[str, Any] | None:
     """The build environment a format's artifact depends on (compiled code), recorded per artifact."""
-    return torch_export.build_environment("cpu") if fmt == "aoti" else None
+    return aoti.build_environment("cpu") if fmt == "aoti" else None

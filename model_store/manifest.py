@@ -23,10 +23,10 @@ from .signature import Signature
 
 SCHEMA_VERSION = 3  # the newest schema this code reads and writes
 DATA_FILES_SCHEMA = 2  # the first schema with `data_files`
-EXPORT_SCHEMA = 3  # the first schema with `exported`/`aoti` artifacts and their `environment`
+AOTI_SCHEMA = 3  # the first schema with `aoti` artifacts and their `environment`
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "torchscript", "state_dict", "pickle", "exported", "aoti")
-EXPORT_FORMATS = ("exported", "aoti")  # the first formats of schema 3
+FORMATS = ("onnx", "torchscript", "exported", "state_dict", "pickle", "aoti")
+AOTI_FORMATS = ("aoti",)  # compiled code with a build `environment`: schema 3
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A data file is one plain file of the version folder: no subfolders, no hidden names (the S3
@@ -109,8 +109,8 @@ class Manifest:
     @property
     def schema_version(self) -> int:
         """The lowest schema that describes this manifest, so older releases read what they can."""
-        if any(a.format in EXPORT_FORMATS for a in self.artifacts):
-            return EXPORT_SCHEMA  # an older release would not know the format: it says "upgrade"
+        if any(a.format in AOTI_FORMATS for a in self.artifacts):
+            return AOTI_SCHEMA  # an older release would not know the format: it says "upgrade"
         return DATA_FILES_SCHEMA if self.data_files else 1
 
     @property
@@ -184,9 +184,9 @@ class Manifest:
         if data_files and schema < DATA_FILES_SCHEMA:
             # An older release would read this manifest and skip the files' checksums.
             raise ValueError(f"'data_files' needs schema_version {DATA_FILES_SCHEMA}, the manifest says {schema}")
-        if schema < EXPORT_SCHEMA and any(a.format in EXPORT_FORMATS for a in artifacts):
+        if schema < AOTI_SCHEMA and any(a.format in AOTI_FORMATS for a in artifacts):
             raise ValueError(
-                f"formats {list(EXPORT_FORMATS)} need schema_version {EXPORT_SCHEMA}, the manifest says {schema}"
+                f"formats {list(AOTI_FORMATS)} need schema_version {AOTI_SCHEMA}, the manifest says {schema}"
             )
         factory = d.get("model_factory")
         examples = _examples(_dict(d, "examples"))

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from . import formats as _formats
-from .errors import ExportMismatch, StoreError
+from .errors import ExportMismatch, ExportRefused, StoreError
 from .manifest import DATA_FILE_NAME, FORMATS, MANIFEST_NAME, Artifact, DataFile, Examples, Manifest, ModelFactory
 from .runtimes import Tensors, load_runtime, resolve_factory
 from .signature import Signature, names_for
-from .torch_export import ExportRefused
 from .verify import HashCache, golden_problem, max_error, save_examples
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,10 @@ _RESERVED = {EXAMPLES_NAME, MANIFEST_NAME, *_formats.FILENAMES.values()}
 
 @dataclass
 class Plan:
-    """A checked publish request: the model on the CPU, its inputs and golden outputs."""
+    """A checked publish request: the model on the CPU (None for a ready-made artifact), its
+    inputs and golden outputs."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     args: tuple[torch.Tensor, ...]
     inputs: Tensors
     golden: Tensors
@@ -53,6 +53,8 @@ class Plan:
     trust_pickle: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     data_files: dict[str, bytes | Path] = field(default_factory=dict)
+    prebuilt: dict[str, Path] = field(default_factory=dict)  # format -> a file copied as it is
+    parameters: int = 0
 
 
 def _factory(
@@ -155,6 +157,7 @@ def plan(
             raise StoreError(f"metric {k!r} must be a finite number, got {v!r}")
         clean_metrics[str(k)] = float(v)
     return Plan(
+        parameters=sum(p.numel() for p in cpu_model.parameters()),
         model=cpu_model,
         args=args,
         inputs={n: a.numpy() for n, a in zip(in_names, args, strict=True)},
@@ -180,7 +183,7 @@ def _check(plan: Plan, fmt: str, path: Path, signature: Signature, environment: 
             path,
             signature,
             factory=plan.factory,
-            template=copy.deepcopy(plan.model),
+            template=copy.deepcopy(plan.model) if plan.model is not None else None,
             trust_pickle=plan.trust_pickle,
             environment=environment,
         )
@@ -204,22 +207,29 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
     signature = Signature.from_examples(plan.inputs, plan.golden)
     artifacts = []
     framework: dict[str, Any] = {"torch": torch.__version__, "numpy": np.__version__}
+    refused: list[str] = []
     for fmt in plan.formats:
-        try:
-            path = _formats.export(
-                fmt,
-                plan.model,
-                plan.args,
-                staging,
-                input_names=[s.name for s in signature.inputs],
-                output_names=[s.name for s in signature.outputs],
-                opset=plan.opset,
-                torchscript_method=plan.torchscript_method,
-                trust_pickle=plan.trust_pickle,
-            )
-        except ExportRefused as e:  # torch.export cannot trace this model: land the other formats
-            log.warning("refusing format %s: %s", fmt, e)
-            continue
+        if fmt in plan.prebuilt:  # a ready-made artifact (an imported archive's): its bytes as they are
+            path = staging / _formats.FILENAMES[fmt]
+            shutil.copyfile(plan.prebuilt[fmt], path)
+        else:
+            assert plan.model is not None, "a plan without a model has every format prebuilt"
+            try:
+                path = _formats.export(
+                    fmt,
+                    plan.model,
+                    plan.args,
+                    staging,
+                    input_names=[s.name for s in signature.inputs],
+                    output_names=[s.name for s in signature.outputs],
+                    opset=plan.opset,
+                    torchscript_method=plan.torchscript_method,
+                    trust_pickle=plan.trust_pickle,
+                )
+            except ExportRefused as e:  # torch cannot export this model so: the other formats land
+                log.warning("refusing format %s: %s", fmt, e)
+                refused.append(str(e))
+                continue
         env = _formats.environment(fmt)
         _check(plan, fmt, path, signature, env)
         if fmt == "onnx":
@@ -227,7 +237,7 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
             framework["onnxruntime"] = importlib.metadata.version("onnxruntime")
         artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt, environment=env))
     if not artifacts:
-        raise StoreError(f"refusing to publish: no format could be exported ({', '.join(plan.formats)})")
+        raise StoreError(f"refusing to publish: no format could be exported: {'; '.join(refused)}")
     examples_path = staging / EXAMPLES_NAME
     save_examples(examples_path, plan.inputs, plan.golden)
     data_files = []
@@ -254,7 +264,7 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
         metrics=plan.metrics,
         model_factory=plan.factory,
         framework=framework,
-        parameter_count=sum(p.numel() for p in plan.model.parameters()),
+        parameter_count=plan.parameters,
         training=plan.extra["training"],
         description=plan.extra["description"],
         tags=plan.extra["tags"],

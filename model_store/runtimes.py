@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import torch_export
+from . import aoti
 from .errors import StoreError, UntrustedPickle
 from .manifest import ModelFactory
 from .signature import Signature
+from .torch_export import load_program
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray[Any, Any]]
@@ -73,10 +74,13 @@ class OnnxRuntime:
 class TorchRuntime:
     """A TorchScript or eager module on a torch device."""
 
-    def __init__(self, module: torch.nn.Module, signature: Signature, fmt: str, device: str = "cpu") -> None:
+    def __init__(
+        self, module: torch.nn.Module, signature: Signature, fmt: str, device: str = "cpu", eval_mode: bool = True
+    ) -> None:
         self.format = fmt
         self.device = device
-        self._module = module.to(device).eval()
+        # An exported program is traced in eval mode already and refuses `.eval()`.
+        self._module = module.to(device).eval() if eval_mode else module.to(device)
         self._inputs = [i.name for i in signature.inputs]
         self._outputs = [o.name for o in signature.outputs]
 
@@ -159,12 +163,12 @@ def load_runtime(
         return OnnxRuntime(path, signature, device, threads)
     if threads:
         torch.set_num_threads(threads)
-    if fmt == "exported":
-        return torch_export.load_exported(path, signature, device)
     if fmt == "aoti":
-        return torch_export.load_aoti(path, signature, environment, device)
+        return aoti.load_aoti(path, signature, environment, device)
     if fmt == "torchscript":
         module: torch.nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+    elif fmt == "exported":
+        return TorchRuntime(load_program(path, device), signature, fmt, device, eval_mode=False)
     elif fmt == "state_dict":
         if factory is None and template is None:
             raise StoreError("not servable: no model_factory to rebuild the model")

@@ -28,6 +28,7 @@ from . import publish as _publish
 from .errors import NewerManifest, StoreError
 from .manifest import MANIFEST_NAME, Manifest
 from .policy import VersionPolicy
+from .prebuilt import plan_prebuilt
 from .verify import HashCache, VerifyReport, verify_version
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -239,6 +240,22 @@ class ModelStore:
             **options,
         )
         return self._land(name, plan)
+
+    def publish_artifact(
+        self,
+        name: str,
+        fmt: str,
+        path: str | os.PathLike[str],
+        *,
+        example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+        data_files: Mapping[str, _publish.DataSource] | None = None,
+        **options: Any,
+    ) -> int:
+        """Check and land a version from an artifact made elsewhere (`fmt` 'onnx' or
+        'torchscript'), copied byte for byte; its outputs on `example_inputs` become the golden
+        outputs. Options: metrics, atol, rtol, description, tags, training."""
+        check_name(name)
+        return self._land(name, plan_prebuilt(fmt, Path(path), example_inputs, data_files=data_files, **options))
 
     def _land(self, name: str, plan: _publish.Plan) -> int:
         """Reserve a number, build the version in its staging folder and rename it into place."""

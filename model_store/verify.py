@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import NotRunnableHere, StoreError
 from .manifest import Manifest
 from .runtimes import Runtime, Tensors, load_runtime
-from .torch_export import NotRunnableHere
 
 _CHUNK = 1 << 20
 

@@ -37,6 +37,7 @@ from .http.admin import AdminRoutes
 from .http.edge import Edge
 from .http.infer import InferHandler
 from .http.routes import Routes
+from .http.torchserve import TorchServeRoutes
 from .ipc.board import Board
 from .ipc.channels import RequestChannel, ResponseChannels
 from .ipc.drain import Drain
@@ -173,12 +174,15 @@ def build_server(
     directory = endpoints(InferHandler, http_process_index)
     status = ServingStatus(directory, board)
     routes = Routes(status, cfg.api_key)
-    admin = AdminRoutes(Repository(directory, board, admin_wait_s(cfg)), cfg.admin_api_key)
+    repository = Repository(directory, board, admin_wait_s(cfg))
+    admin = AdminRoutes(repository, cfg.admin_api_key)
+    torchserve = TorchServeRoutes(status, repository, cfg.admin_api_key)
 
     def register_routes(app: Any) -> None:
         # Before the per-model routes: `/v2/models/stats` is not a model named "stats".
         extensions.register(app, status, cfg.api_key)
         admin.register(app)
+        torchserve.register(app)
         routes.register(app)
 
     supervisor: Supervisor

@@ -126,6 +126,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_mar(args: argparse.Namespace) -> int:
+    from model_store.mar_import import import_mar
+
+    store = ModelStore(args.store)
+    formats = tuple(args.formats.split(",")) if args.formats else None
+    report = import_mar(
+        store, args.archive, name=args.name, example_input=args.example_input, model_class=args.model_class,
+        formats=formats,
+    )  # fmt: skip
+    files = f", data files {report.data_files}" if report.data_files else ""
+    print(f"imported {args.archive} as {report.name}:{report.version} ({', '.join(report.formats)}{files})")
+    for step in report.todo:
+        print(f"  to do: {step}")
+    print(f"serve it with this in serve.yaml:\n{report.serve_yaml()}", end="")
+    return 0
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     from server.admin_client import cmd_rollout as run
 
@@ -171,6 +188,14 @@ def parser() -> argparse.ArgumentParser:
     )
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
     pub.add_argument("--trust-pickle", action="store_true")
+    mar = add("import-mar", "publish a TorchServe model archive (.mar) as a new verified version")
+    mar.add_argument("archive", type=Path)
+    mar.add_argument("--name", help="model name in the store (default: the archive's)")
+    mar.add_argument("--example-input", type=Path, help=".npy or .pt: a batch of model inputs for the golden outputs")
+    mar.add_argument(
+        "--model-class", help="eager archives: package.module:Class, your installed copy of the model file"
+    )
+    mar.add_argument("--formats", help="eager archives: formats to publish (default state_dict)")
     from server.config import add_serve_arguments
 
     add_serve_arguments(add("serve", "serve the store over the Open Inference Protocol v2"))
@@ -188,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ls": cmd_ls,
         "verify": cmd_verify,
         "publish": cmd_publish,
+        "import-mar": cmd_import_mar,
         "serve": cmd_serve,
         "rollout": cmd_rollout,
         **dict.fromkeys(("models", "load", "unload", "pin"), cmd_models),

@@ -32,8 +32,8 @@ def tiny_store(store: ModelStore) -> Iterator[ModelStore]:
 
 @pytest.fixture(scope="session")
 def aoti_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny` (TinyMLP seed 0) as onnx, exported and aoti: the AOTInductor compile (~25 s on 2
-    cores) is paid once per session; tests copy the folder."""
+    """`tiny` (TinyMLP seed 0) as exported and aoti: the AOTInductor compile (~25 s on 2 cores) is
+    paid once per session; tests copy the folder."""
     store = ModelStore(tmp_path_factory.mktemp("aoti") / "models")
-    version = publish_tiny(store, formats=("onnx", "exported", "aoti"))
+    version = publish_tiny(store, formats=("exported", "aoti"))
     return store.path("tiny", version)

@@ -118,6 +118,11 @@ class Handler:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement encode_response")
 
+    def encode_torchserve(self, outputs: Arrays) -> Any:
+        """One request's response on TorchServe's `POST /predictions/{model}` (what a ported
+        handler's `postprocess` gave for its row). The default is `encode_response`'s."""
+        return self.encode_response(outputs)
+
     @staticmethod
     def data_file(manifest: Manifest, folder: Path, name: str) -> Path:
         """The path of a data file the version was published with (`publish(data_files=...)`);

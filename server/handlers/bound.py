@@ -55,6 +55,7 @@ class BoundHandler:
         self.signature = signature
         self.served = served
         self.name = handler_name(type(handler))
+        self.decode_s = 0.0  # a moving average of decode_request's time, kept by the worker
 
     def _fail(self, hook: str, e: BaseException) -> NoReturn:
         if isinstance(e, HandlerInputError):
@@ -126,6 +127,17 @@ class BoundHandler:
             return self.handler.encode_response(outputs)
         except Exception as e:
             self._fail("encode_response", e)
+
+    def encode_torchserve(self, outputs: Arrays) -> Any:
+        """One response of TorchServe's predictions route, made plain JSON like v1's."""
+        try:
+            response = self.handler.encode_torchserve(outputs)
+        except Exception as e:
+            self._fail("encode_torchserve", e)
+        try:
+            return to_json(response)
+        except TypeError as e:
+            self._wrong("encode_torchserve", f"returned what JSON cannot hold: {e}")
 
     def encode_v1(self, outputs: Arrays) -> Any:
         """One prediction of a v1 response: the response made plain JSON (numpy to lists,

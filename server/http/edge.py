@@ -22,6 +22,7 @@ from ..errors import ServingError
 from ..ipc.drain import Drain
 from .infer import InferHandler
 from .replies import Reply, error_reply
+from .torchserve import predictions
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -34,34 +35,39 @@ Cancel = Callable[[], object]
 
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
 _V1_PREFIX, _V1_SUFFIX = "/v1/models/", ":predict"
+_TS_PREFIX = "/predictions/"  # TorchServe's inference API (http/torchserve.py)
 
 
 @dataclass(frozen=True)
 class InferCall:
-    """One infer route of a served model: v2 (with the version or label the path names) or v1."""
+    """One infer route of a served model: v2 (with the version or label the path names), v1, or
+    TorchServe's predictions (with the version the path names)."""
 
     handler: InferHandler
     version: str | None = None
     label: str | None = None
     v1: bool = False
+    torchserve: bool = False
 
     async def reply(self, body: Body, headers: Mapping[str, str]) -> Reply:
         if self.v1:
             return await self.handler.reply_v1(body, headers)
+        if self.torchserve:
+            return await predictions(self.handler, body, headers, self.version)
         return await self.handler.reply(body, headers, self.version, self.label)
 
     def start(self, body: bytes, headers: Mapping[str, str], done: Callable[[Reply], None]) -> Cancel | None:
         """Returns what cancels the request (its client left), while it is with the workers."""
-        if not self.v1:
+        if not (self.v1 or self.torchserve):
             uid = self.handler.start(body, headers, self.version, self.label, done)
             return None if uid is None else partial(self.handler.cancel, uid)
-        task = asyncio.ensure_future(self.reply(body, headers))  # v1: the handler is a coroutine
+        task = asyncio.ensure_future(self.reply(body, headers))  # v1, TorchServe's: coroutines
         _V1_TASKS.add(task)
 
         def finished(task: asyncio.Task[Reply]) -> None:
             _V1_TASKS.discard(task)
             if task.cancelled() or task.exception() is not None:
-                log.error("v1 predict failed: %r", None if task.cancelled() else task.exception())
+                log.error("predict failed: %r", None if task.cancelled() else task.exception())
                 done(error_reply(ServingError(500, "internal error while answering; see the server log")))
             else:
                 done(task.result())
@@ -137,8 +143,13 @@ class Edge:
         return None, None, None
 
     def infer_route(self, path: str) -> InferCall | None:
-        """For a POST to `path`: a served model's infer route (v2, or v1 `:predict`) with the
-        version or label it names; None for every other path."""
+        """For a POST to `path`: a served model's infer route (v2, v1 `:predict`, TorchServe's
+        `/predictions/{model}[/{version}]`) with the version or label it names; None for every
+        other path."""
+        if path.startswith(_TS_PREFIX):
+            name, _, pinned = path[len(_TS_PREFIX) :].partition("/")
+            served = self.directory.handler(name) if "/" not in pinned else None
+            return InferCall(served, pinned or None, torchserve=True) if served is not None else None
         if path.startswith(_V1_PREFIX) and path.endswith(_V1_SUFFIX):
             handler = self.directory.handler(path[len(_V1_PREFIX) : -len(_V1_SUFFIX)])
             if handler is not None:

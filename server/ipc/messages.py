@@ -27,6 +27,7 @@ class Work:
     # time.monotonic() after which the client no longer waits (its gRPC deadline); 0: none.
     # CLOCK_MONOTONIC is one clock for every process of the machine, so the worker compares it.
     deadline: float = 0.0
+    torchserve: bool = False  # instances from TorchServe's predictions route: its responses
 
 
 @dataclass
@@ -118,7 +119,18 @@ def unpack_tensors(packed: tuple[Any, ...] | None) -> dict[str, np.ndarray[Any, 
 def pack_queued(q: Queued) -> tuple[Any, ...]:
     w, r = q.work, q.work.request
     request = (pack_tensors(r.inputs), r.id, r.outputs, r.binary, r.binary_default, r.rows)
-    return (q.consumer, q.uid, q.enqueued_at, request, w.version, w.label, w.model, w.instances, w.deadline)
+    return (
+        q.consumer,
+        q.uid,
+        q.enqueued_at,
+        request,
+        w.version,
+        w.label,
+        w.model,
+        w.instances,
+        w.deadline,
+        w.torchserve,
+    )
 
 
 def unpack_queued(t: tuple[Any, ...]) -> Queued:

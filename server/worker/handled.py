@@ -6,8 +6,12 @@ without a handler (TF Serving's row format: each instance is one row of the only
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,7 @@ from .loader import Servable
 from .rows import run_chunked, split, stack
 
 log = logging.getLogger(__name__)
+PARALLEL_DECODE_S = 0.0005  # per request: above it, a batch's requests are decoded in threads
 
 
 def _decode(servable: Servable, work: Work) -> list[tuple[dict[str, Any], int]]:
@@ -34,6 +39,41 @@ def _decode(servable: Servable, work: Work) -> list[tuple[dict[str, Any], int]]:
     if unknown:
         raise ServingError(400, f"unknown output {unknown[0]!r}; the model produces {declared}")
     return [bound.decode(req)]
+
+
+def _decode_one(servable: Servable, work: Work) -> tuple[list[tuple[dict[str, Any], int]] | ServingError, float]:
+    started = time.perf_counter()
+    try:
+        result: list[tuple[dict[str, Any], int]] | ServingError = _decode(servable, work)
+    except ServingError as e:
+        result = e
+    return result, time.perf_counter() - started
+
+
+def _decode_all(servable: Servable, works: Sequence[Work]) -> list[list[tuple[dict[str, Any], int]] | ServingError]:
+    """Each request decoded; a batch's requests in threads when its handler's decoding is slow
+    enough (an image's decode and resize) to pay for the hand-offs: Pillow and numpy release the
+    GIL, so the worker uses the cores the HTTP side leaves idle. Handlers may already be called
+    for several requests at once (docs/handlers.md, "State"). A cheap decode stays inline."""
+    bound = servable.handler
+    if bound is None or len(works) == 1 or _cores() == 1 or bound.decode_s < PARALLEL_DECODE_S:
+        timed = [_decode_one(servable, w) for w in works]
+    else:
+        timed = list(_pool().map(lambda w: _decode_one(servable, w), works))
+    if bound is not None:  # a moving average of one request's decode time, for the next batch
+        bound.decode_s += 0.2 * (sum(t for _, t in timed) / len(timed) - bound.decode_s)
+    return [r for r, _ in timed]
+
+
+@functools.cache
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Made on first use, in the worker process (never before a fork)."""
+    return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="decode")
 
 
 def _plain_rows(servable: Servable, instances: list[Any]) -> tuple[dict[str, Any], int]:
@@ -57,7 +97,8 @@ def _encode(servable: Servable, work: Work, parts: list[dict[str, Any]]) -> Outc
         assert bound is not None
         return Outcome(200, servable.version, bound.encode_v2(parts[0]))
     if bound is not None:
-        return Outcome(200, servable.version, payload=[bound.encode_v1(p) for p in parts])
+        encode = bound.encode_torchserve if work.torchserve else bound.encode_v1
+        return Outcome(200, servable.version, payload=[encode(p) for p in parts])
     outputs = parts[0]
     rows = [dict(zip(outputs, values, strict=True)) for values in zip(*outputs.values(), strict=True)]
     plain = [{k: v.tolist() for k, v in r.items()} for r in rows]
@@ -69,11 +110,11 @@ def run_handled(servable: Servable, works: Sequence[Work], max_rows: int) -> lis
     """Answer each request of one version's batch through its handler (or as v1 rows)."""
     outcomes: list[Outcome | None] = [None] * len(works)
     decoded: list[tuple[int, list[tuple[dict[str, Any], int]]]] = []
-    for i, work in enumerate(works):
-        try:
-            decoded.append((i, _decode(servable, work)))
-        except ServingError as e:
-            outcomes[i] = Outcome(e.status, error=e.message)
+    for i, result in enumerate(_decode_all(servable, works)):
+        if isinstance(result, ServingError):
+            outcomes[i] = Outcome(result.status, error=result.message)
+        else:
+            decoded.append((i, result))
     if decoded:
         for i, outcome in _predict(servable, decoded, works, max_rows):
             outcomes[i] = outcome

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from model_store import StoreError
+from model_store.errors import NotRunnableHere
 from model_store.manifest import Manifest
 from model_store.runtimes import Runtime, Tensors
-from model_store.torch_export import NotRunnableHere
 from model_store.verify import check_artifact, load_examples
 
 from ..config import ModelConfig
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 PLATFORMS = {
     "onnx": "onnx_onnxv1",
     "torchscript": "pytorch_torchscript",
+    "exported": "pytorch_exported",
     "state_dict": "pytorch_eager",
     "pickle": "pytorch_eager",
-    "exported": "pytorch_export",
     "aoti": "pytorch_aoti",
 }
 
@@ -94,8 +94,8 @@ def _ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[list[str], str]:
-    """The formats to try for `device`, best first, and why (logged and shown in model metadata).
+def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> list[tuple[str, str]]:
+    """The formats to try for `device`, best first, each with why (logged and shown in model metadata).
 
     More than one only for `auto`: an aoti package built for another machine is skipped for the next.
     """
@@ -109,21 +109,28 @@ def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[l
             raise Rejected(
                 f"config asks for artifact {cfg.artifact!r}; this version has none usable ({sorted(present)})"
             )
-        return [cfg.artifact], f"{cfg.artifact} as configured"
-    # A publisher who asked for aoti or exported asked for that runtime; older formats keep their order.
+        return [(cfg.artifact, f"{cfg.artifact} as configured")]
     if device == "cpu":
-        order = ["aoti", "exported", "onnx", "torchscript", "state_dict", "pickle"]
-        why = "compiled (aoti) first, then torch.export; onnxruntime is the fastest of the older formats"
+        order = ["onnx", "torchscript", "exported", "state_dict", "pickle"]
+        why = "onnxruntime is the fastest CPU runtime; torch formats are fallbacks"
     elif _ort_has_cuda():
-        order = ["aoti", "exported", "onnx", "torchscript", "state_dict", "pickle"]
+        order = ["onnx", "torchscript", "exported", "state_dict", "pickle"]
         why = "onnxruntime has the CUDA execution provider"
     else:
-        order = ["aoti", "exported", "torchscript", "state_dict", "pickle", "onnx"]
+        order = ["torchscript", "exported", "state_dict", "pickle", "onnx"]
         why = "onnxruntime here has no CUDA provider, so a torch format runs on the GPU"
-    candidates = [fmt for fmt in order if fmt in present]
+    if "aoti" in present:  # compiled ahead of time for one machine: first where it can run, else skipped
+        order = ["aoti", *order]
+    candidates = []
+    for i, fmt in enumerate(order):
+        if fmt in present:
+            first = i == 0
+            candidates.append(
+                (fmt, f"{fmt} on {device}: " + (why if first else f"the first of {order} this version has ({why})"))
+            )
     if not candidates:
         raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
-    return candidates, why
+    return candidates
 
 
 def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:
@@ -174,9 +181,9 @@ class Loader:
         if changed:
             raise Rejected("; ".join(changed))
         device = pick_device(self.cfg.device)
-        candidates, reason = pick_artifacts(manifest, self.cfg, device)
         skipped: list[str] = []
-        for fmt in candidates:
+        why = ""
+        for fmt, choice in pick_artifacts(manifest, self.cfg, device):
             if fmt == "pickle":
                 log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
             try:
@@ -189,6 +196,7 @@ class Loader:
                     threads=self.threads,
                 )
                 self._warm_up(runtime, folder, manifest)
+                why = choice
                 break
             except NotRunnableHere as e:  # built for another machine: the next artifact may run
                 log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
@@ -197,7 +205,6 @@ class Loader:
                 raise Rejected(str(e)) from None
         else:
             raise Rejected("; ".join(skipped))
-        why = reason if self.cfg.artifact != "auto" else f"{fmt} on {device}: {reason}"
         if skipped:
             why += f" ({'; '.join(skipped)})"
         seconds = time.perf_counter() - started

@@ -74,13 +74,16 @@ def test_versions_come_and_go_under_load_without_one_failed_request(tmp_path: Pa
         data = bytearray(ts.read_bytes())
         data[-50] ^= 0xFF
         ts.write_bytes(bytes(data))
-        five = clone(store, 2, 5)
+        # Made aside and moved in whole: a server that saw it half-edited would judge that state.
+        five = tmp_path / "five"
+        shutil.copytree(store.path("tiny", 2), five)
         m = json.loads((five / "manifest.json").read_text())
         other = store.manifest("other", 1)
         for a in other["artifacts"]:
             shutil.copy(store.path("other", 1) / a["path"], five / a["path"])
-        m["artifacts"] = other["artifacts"]
+        m["artifacts"], m["version"] = other["artifacts"], 5
         (five / "manifest.json").write_text(json.dumps(m))
+        five.rename(store.root / "tiny" / "5")
         # 6: half copied, then a garbage manifest.
         six = clone(store, 2, 6, manifest=False)
         (six / "model.onnx").unlink()

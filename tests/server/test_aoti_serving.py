@@ -1,4 +1,4 @@
-"""exported and aoti artifacts served over REST: dynamic batches, the aoti fallback, bad packages."""
+"""aoti (and exported) artifacts served over REST: dynamic batches, the aoti fallback, bad packages."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_aoti_serves_where_it_was_built_and_falls_back_where_it_cannot(server: S
     fast = server.get("/v2/models/fast").json()
     assert fast["platform"] == "pytorch_aoti" and fast["properties"]["choice"].startswith("aoti on cpu")
     moved = server.get("/v2/models/moved").json()
-    assert moved["platform"] == "pytorch_export" and moved["properties"]["choice"].startswith("exported on cpu")
+    assert moved["platform"] == "pytorch_exported" and moved["properties"]["choice"].startswith("exported on cpu")
     assert "aoti: cannot run here: built for torch '2.99.0', this machine has" in moved["properties"]["choice"]
     assert "moved:1 skipping aoti: cannot run here: built for torch" in server.log_path.read_text()
 
@@ -98,7 +98,7 @@ def test_bad_packages_are_refused_and_the_serving_version_keeps_serving(server: 
     land(store / "moved", store / "moved" / "1", 2, not_a_program)
     for model, reason in (
         ("fast", "model.aoti.pt2: not a loadable AOTInductor package"),
-        ("moved", "model.exported.pt2: not a torch.export archive"),
+        ("moved", "model.exported.pt2: not a torch.export program"),
     ):
         deadline = 60.0
         while "2" not in server.get(f"/v2/models/{model}").json()["properties"].get("rejected", {}) and deadline > 0:
