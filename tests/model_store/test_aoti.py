@@ -105,3 +105,18 @@ def test_an_aoti_package_built_elsewhere_is_skipped_for_the_next_artifact(export
     )
     assert servable.artifact == "exported"
     assert "aoti: cannot run here: built for torch '2.99.0'" in servable.describe()["choice"]
+
+
+def test_ls_and_verify_show_the_formats_and_why_aoti_is_skipped(
+    exported: ModelStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    test_an_aoti_package_built_elsewhere_is_skipped_for_the_next_artifact(exported)
+    for argv in (["ls", "--store", str(exported.root)], ["verify", "tiny:1", "--store", str(exported.root)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "exported,aoti" in out and "verified" in out and "tiny:1 ok (exported max error" in out
+    assert out.count("aoti: cannot run here: built for torch '2.99.0'") == 2
