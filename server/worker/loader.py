@@ -29,6 +29,7 @@ from ..config import ModelConfig
 from ..handlers import BoundHandler, HandlerNotFound, HandlerSetupError, load_handler, setup_handler
 from ..ipc.messages import Verdict
 from ..resources import available_memory, usable_cpus
+from . import fastest
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> list[tu
         present.discard("state_dict")  # not rebuildable: never served
     if not cfg.trust_pickle:
         present.discard("pickle")
-    if cfg.artifact != "auto":
+    if cfg.artifact not in ("auto", "fastest"):
         if cfg.artifact not in present:
             raise Rejected(
                 f"config asks for artifact {cfg.artifact!r}; this version has none usable ({sorted(present)})"
@@ -181,32 +182,7 @@ class Loader:
         if changed:
             raise Rejected("; ".join(changed))
         device = pick_device(self.cfg.device)
-        skipped: list[str] = []
-        why = ""
-        for fmt, choice in pick_artifacts(manifest, self.cfg, device):
-            if fmt == "pickle":
-                log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
-            try:
-                runtime, err = check_artifact(
-                    folder,
-                    manifest,
-                    fmt,
-                    device=device,
-                    trust_pickle=self.cfg.trust_pickle,
-                    threads=self.threads,
-                )
-                self._warm_up(runtime, folder, manifest)
-                why = choice
-                break
-            except NotRunnableHere as e:  # built for another machine: the next artifact may run
-                log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
-                skipped.append(f"{fmt}: {e}")
-            except StoreError as e:
-                raise Rejected(str(e)) from None
-        else:
-            raise Rejected("; ".join(skipped))
-        if skipped:
-            why += f" ({'; '.join(skipped)})"
+        runtime, fmt, err, why = self._pick_and_load(folder, manifest, device)
         seconds = time.perf_counter() - started
         log.info(
             "%s:%s loaded %s on %s in %.2fs (golden max error %.2g): %s",
@@ -226,7 +202,41 @@ class Loader:
                 raise Rejected(str(e)) from None
         return Servable(name, version, manifest, runtime, fmt, device, why, seconds, verdict.stats, folder, handler)
 
-    def _warm_up(self, runtime: Runtime, folder: Path, manifest: Manifest) -> None:
+    def _pick_and_load(self, folder: Path, manifest: Manifest, device: str) -> tuple[Runtime, str, float, str]:
+        """The first candidate that runs here (or, for `fastest`, the quickest of them), loaded,
+        golden-checked and warm: (runtime, format, golden max error, why)."""
+        name, version = self.cfg.name, manifest.version
+        skipped: list[str] = []
+        loaded: list[tuple[Runtime, str, float, str]] = []
+        timings: dict[str, float] = {}
+        for fmt, choice in pick_artifacts(manifest, self.cfg, device):
+            if fmt == "pickle":
+                log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
+            try:
+                runtime, err = check_artifact(
+                    folder, manifest, fmt, device=device, trust_pickle=self.cfg.trust_pickle, threads=self.threads
+                )
+                full = self._warm_up(runtime, folder, manifest)
+            except NotRunnableHere as e:  # built for another machine: the next artifact may run
+                log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
+                skipped.append(f"{fmt}: {e}")
+                continue
+            except StoreError as e:
+                raise Rejected(str(e)) from None
+            loaded.append((runtime, fmt, err, choice))
+            if self.cfg.artifact != "fastest":
+                break
+            timings[fmt] = fastest.seconds_per_batch(runtime, full)
+        if not loaded:
+            raise Rejected("; ".join(skipped))
+        runtime, fmt, err, why = min(loaded, key=lambda c: timings.get(c[1], 0.0))
+        if timings:
+            why = fastest.describe(fmt, device, timings, self.cfg.max_batch_size)
+        if skipped:
+            why += f" ({'; '.join(skipped)})"
+        return runtime, fmt, err, why
+
+    def _warm_up(self, runtime: Runtime, folder: Path, manifest: Manifest) -> Tensors:
         """Run the examples tiled to a full batch so first requests do not pay for allocation."""
         ins, _ = load_examples(folder / manifest.examples.path)
         rows = next(iter(ins.values())).shape[0]
@@ -234,3 +244,4 @@ class Loader:
         full = {k: np.concatenate([v] * reps)[: self.cfg.max_batch_size] for k, v in ins.items()}
         for batch in (ins, full):
             runtime.predict(batch)
+        return full

@@ -120,3 +120,21 @@ def test_ls_and_verify_show_the_formats_and_why_aoti_is_skipped(
     out = capsys.readouterr().out
     assert "exported,aoti" in out and "verified" in out and "tiny:1 ok (exported max error" in out
     assert out.count("aoti: cannot run here: built for torch '2.99.0'") == 2
+
+
+def test_artifact_fastest_times_each_loadable_artifact_and_keeps_the_quickest(store: ModelStore) -> None:
+    import time
+
+    publish_tiny(store, formats=("onnx", "torchscript", "exported"))
+    status = store.status("tiny", 1)
+    assert status.manifest is not None
+    folder = store.path("tiny", 1)
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+    started = time.perf_counter()
+    servable = Loader(ModelConfig(name="tiny", artifact="fastest", max_batch_size=8), threads=1).load(
+        Verdict(version=1, folder=folder, manifest=status.manifest, stats=stats)
+    )
+    assert time.perf_counter() - started < 10  # three loads plus at most ~0.1 s of timing each
+    choice = servable.describe()["choice"]
+    assert choice.startswith(f"{servable.artifact} on cpu: the fastest at warm-up on a 8-row batch (")
+    assert all(f"{fmt} " in choice for fmt in ("onnx", "torchscript", "exported")), choice
