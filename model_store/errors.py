@@ -21,3 +21,11 @@ class UntrustedPickle(StoreError):
 
 class NewerManifest(ManifestError):
     """A manifest of a newer schema than this code reads: rejected, never misread as pending."""
+
+
+class ExportRefused(StoreError):
+    """torch could not produce one format (torch.export, AOTInductor): the publish lands the others."""
+
+
+class NotRunnableHere(StoreError):
+    """An artifact compiled for another machine (torch build, CPU ISA, device): try the next one."""

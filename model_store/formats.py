@@ -8,9 +8,11 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from . import aoti
 from .errors import StoreError, UntrustedPickle
 from .torch_export import export_program
 
@@ -20,6 +22,7 @@ FILENAMES = {
     "exported": "model.exported.pt2",  # torch.export (model_store/torch_export.py)
     "state_dict": "model.state_dict.pt",
     "pickle": "model.pickle.pt",
+    "aoti": "model.aoti.pt2",
 }
 
 
@@ -109,6 +112,8 @@ def export(
         export_program(model, args, path)
     elif fmt == "state_dict":
         torch.save(model.state_dict(), path)
+    elif fmt == "aoti":
+        aoti.export_aoti(model, args, path)
     else:
         if not trust_pickle:
             raise UntrustedPickle(
@@ -117,3 +122,8 @@ def export(
             )
         torch.save(model, path)
     return path
+
+
+def environment(fmt: str) -> dict[str, Any] | None:
+    """The build environment a format's artifact depends on (compiled code), recorded per artifact."""
+    return aoti.build_environment("cpu") if fmt == "aoti" else None

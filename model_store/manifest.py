@@ -21,10 +21,12 @@ from typing import Any
 from .errors import ManifestError, NewerManifest
 from .signature import Signature
 
-SCHEMA_VERSION = 2  # the newest schema this code reads and writes
+SCHEMA_VERSION = 3  # the newest schema this code reads and writes
 DATA_FILES_SCHEMA = 2  # the first schema with `data_files`
+AOTI_SCHEMA = 3  # the first schema with `aoti` artifacts and their `environment`
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "torchscript", "exported", "state_dict", "pickle")
+FORMATS = ("onnx", "torchscript", "exported", "state_dict", "pickle", "aoti")
+AOTI_FORMATS = ("aoti",)  # compiled code with a build `environment`: schema 3
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A data file is one plain file of the version folder: no subfolders, no hidden names (the S3
@@ -49,9 +51,13 @@ class Artifact(FileEntry):
     """A model file in one format."""
 
     format: str = "onnx"
+    environment: dict[str, Any] | None = None  # what compiled code needs (aoti): torch, ISA, device
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, **super().to_dict()}
+        d = {"format": self.format, **super().to_dict()}
+        if self.environment is not None:
+            d["environment"] = self.environment
+        return d
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ class Manifest:
     @property
     def schema_version(self) -> int:
         """The lowest schema that describes this manifest, so older releases read what they can."""
+        if any(a.format in AOTI_FORMATS for a in self.artifacts):
+            return AOTI_SCHEMA  # an older release would not know the format: it says "upgrade"
         return DATA_FILES_SCHEMA if self.data_files else 1
 
     @property
@@ -176,6 +184,10 @@ class Manifest:
         if data_files and schema < DATA_FILES_SCHEMA:
             # An older release would read this manifest and skip the files' checksums.
             raise ValueError(f"'data_files' needs schema_version {DATA_FILES_SCHEMA}, the manifest says {schema}")
+        if schema < AOTI_SCHEMA and any(a.format in AOTI_FORMATS for a in artifacts):
+            raise ValueError(
+                f"formats {list(AOTI_FORMATS)} need schema_version {AOTI_SCHEMA}, the manifest says {schema}"
+            )
         factory = d.get("model_factory")
         examples = _examples(_dict(d, "examples"))
         paths = [f.path for f in (*artifacts, examples, *data_files)]
@@ -261,7 +273,10 @@ def _artifact(d: Any) -> Artifact:
     fmt = d.get("format")
     if fmt not in FORMATS:
         raise ValueError(f"artifact format {fmt!r} is not one of {list(FORMATS)}")
-    return Artifact(*_file_fields(d), format=str(fmt))
+    env = d.get("environment")
+    if env is not None and not isinstance(env, dict):
+        raise ValueError("artifact 'environment' must be an object")
+    return Artifact(*_file_fields(d), format=str(fmt), environment=env)
 
 
 def _examples(d: Mapping[str, Any]) -> Examples:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import importlib.metadata
+import logging
 import os
 import shutil
 import stat
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 
 from . import formats as _formats
-from .errors import ExportMismatch, StoreError
+from .errors import ExportMismatch, ExportRefused, StoreError
 from .manifest import DATA_FILE_NAME, FORMATS, MANIFEST_NAME, Artifact, DataFile, Examples, Manifest, ModelFactory
 from .runtimes import Tensors, load_runtime, resolve_factory
 from .signature import Signature, names_for
 from .verify import HashCache, golden_problem, max_error, save_examples
 
+log = logging.getLogger(__name__)
 EXAMPLES_NAME = "examples.npz"
 # A data file's content, or a file to copy it from.
 DataSource = bytes | bytearray | memoryview | str | os.PathLike[str]
@@ -173,7 +175,7 @@ def plan(
     )
 
 
-def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
+def _check(plan: Plan, fmt: str, path: Path, signature: Signature, environment: dict[str, Any] | None) -> None:
     """Run the exported file as a server would and compare with the eager model."""
     try:
         runtime = load_runtime(
@@ -183,6 +185,7 @@ def _check(plan: Plan, fmt: str, path: Path, signature: Signature) -> None:
             factory=plan.factory,
             template=copy.deepcopy(plan.model) if plan.model is not None else None,
             trust_pickle=plan.trust_pickle,
+            environment=environment,
         )
         got = runtime.predict(plan.inputs)
     except StoreError as e:
@@ -204,28 +207,37 @@ def build(plan: Plan, name: str, version: int, staging: Path, hashes: HashCache)
     signature = Signature.from_examples(plan.inputs, plan.golden)
     artifacts = []
     framework: dict[str, Any] = {"torch": torch.__version__, "numpy": np.__version__}
+    refused: list[str] = []
     for fmt in plan.formats:
         if fmt in plan.prebuilt:  # a ready-made artifact (an imported archive's): its bytes as they are
             path = staging / _formats.FILENAMES[fmt]
             shutil.copyfile(plan.prebuilt[fmt], path)
         else:
             assert plan.model is not None, "a plan without a model has every format prebuilt"
-            path = _formats.export(
-                fmt,
-                plan.model,
-                plan.args,
-                staging,
-                input_names=[s.name for s in signature.inputs],
-                output_names=[s.name for s in signature.outputs],
-                opset=plan.opset,
-                torchscript_method=plan.torchscript_method,
-                trust_pickle=plan.trust_pickle,
-            )
-        _check(plan, fmt, path, signature)
+            try:
+                path = _formats.export(
+                    fmt,
+                    plan.model,
+                    plan.args,
+                    staging,
+                    input_names=[s.name for s in signature.inputs],
+                    output_names=[s.name for s in signature.outputs],
+                    opset=plan.opset,
+                    torchscript_method=plan.torchscript_method,
+                    trust_pickle=plan.trust_pickle,
+                )
+            except ExportRefused as e:  # torch cannot export this model so: the other formats land
+                log.warning("refusing format %s: %s", fmt, e)
+                refused.append(str(e))
+                continue
+        env = _formats.environment(fmt)
+        _check(plan, fmt, path, signature, env)
         if fmt == "onnx":
             framework["onnx_opset"] = _onnx_opset(path)
             framework["onnxruntime"] = importlib.metadata.version("onnxruntime")
-        artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt))
+        artifacts.append(Artifact(path.name, hashes.sha256(path), path.stat().st_size, format=fmt, environment=env))
+    if not artifacts:
+        raise StoreError(f"refusing to publish: no format could be exported: {'; '.join(refused)}")
     examples_path = staging / EXAMPLES_NAME
     save_examples(examples_path, plan.inputs, plan.golden)
     data_files = []

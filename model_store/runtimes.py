@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from . import aoti
 from .errors import StoreError, UntrustedPickle
 from .manifest import ModelFactory
 from .signature import Signature
@@ -153,16 +154,19 @@ def load_runtime(
     template: torch.nn.Module | None = None,
     trust_pickle: bool = False,
     threads: int | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> Runtime:
     """Load one artifact for `device`. A pickle loads only when `trust_pickle` is set.
 
     `template` stands in for the factory when a state_dict was published without one (the
-    publisher still holds the live model).
+    publisher still holds the live model). `environment` is an aoti artifact's build record.
     """
     if fmt == "onnx":
         return OnnxRuntime(path, signature, device, threads)
     if threads:
         torch.set_num_threads(threads)
+    if fmt == "aoti":
+        return aoti.load_aoti(path, signature, environment, device)
     if fmt == "torchscript":
         module: torch.nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     elif fmt == "exported":

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import StoreError
+from .errors import ExportRefused, StoreError
 
 _CONFIG_SUFFIXES = ("_weights_config.json", "_constants_config.json")
 
@@ -34,7 +34,7 @@ def export_program(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path:
             program = torch.export.export(model, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as e:  # torch.export raises many types; the first line says which construct
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"exported: torch.export failed: {first}") from e
+        raise ExportRefused(f"exported: torch.export failed: {first}") from e
     torch.export.save(program, str(path))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import NotRunnableHere, StoreError
 from .manifest import Manifest
 from .runtimes import Runtime, Tensors, load_runtime
 
@@ -159,6 +159,7 @@ def check_artifact(
             factory=manifest.model_factory,
             trust_pickle=trust_pickle,
             threads=threads,
+            environment=artifact.environment,
         )
     except StoreError:
         raise
@@ -198,6 +199,9 @@ def verify_version(folder: Path, manifest: Manifest, hashes: HashCache, *, trust
             continue
         try:
             _, err = check_artifact(folder, manifest, fmt, trust_pickle=trust_pickle)
+        except NotRunnableHere as e:  # built for another machine: not a fault of the version
+            report.notes.append(f"{fmt}: {e}")
+            continue
         except StoreError as e:
             report.problems.append(str(e))
             continue

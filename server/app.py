@@ -220,6 +220,8 @@ def serve(args: argparse.Namespace) -> int:
         cfg = from_args(args)
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
         setup_multiprocess(cfg.cache_dir)
+        # Inductor's ISA probe (aoti's environment check) compiles into its cache: keep it in ours.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.cache_dir) / "inductor"))
         logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config_path = args.config or os.environ.get("MODELDOCK_CONFIG") or ""
         supervisor = build_server(cfg, lambda: from_args(args), config_path)

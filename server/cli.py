@@ -118,7 +118,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         model_factory=args.factory,
         factory_kwargs=kwargs,
     )
-    print(f"published {args.name}:{version} to {store.location}")
+    landed = [a["format"] for a in store.manifest(args.name, version)["artifacts"]]
+    refused = [f for f in formats if f not in landed]  # an export torch could not produce (logged)
+    print(f"published {args.name}:{version} to {store.location} ({', '.join(landed)})")
+    if refused:
+        print(f"refused formats: {', '.join(refused)} (see the warning above)")
     return 0
 
 
@@ -177,7 +181,11 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--factory", required=True, help="module:callable that builds the model")
     pub.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments for the factory")
     pub.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
-    pub.add_argument("--formats", default="onnx,torchscript,state_dict")
+    pub.add_argument(
+        "--formats",
+        default="onnx,torchscript,state_dict",
+        help="comma-separated: onnx, torchscript, state_dict, pickle, exported (torch.export), aoti (AOTInductor)",
+    )
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
     pub.add_argument("--trust-pickle", action="store_true")
     mar = add("import-mar", "publish a TorchServe model archive (.mar) as a new verified version")

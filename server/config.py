@@ -30,7 +30,7 @@ from .rollout_settings import RolloutConfig as RolloutConfig  # re-exported: par
 from .settings_base import _CHECKED, _T, _Checked, _fields
 from .settings_base import ConfigError as ConfigError
 
-Artifact = Literal["auto", "onnx", "torchscript", "exported", "state_dict", "pickle"]
+Artifact = Literal["auto", "fastest", "onnx", "torchscript", "exported", "state_dict", "pickle", "aoti"]
 ARTIFACTS: tuple[str, ...] = get_args(Artifact)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MiB = 1 << 20
@@ -57,7 +57,8 @@ class ModelConfig(_Checked):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     """How a new version becomes the default; keys given under a model override `defaults`."""
     artifact: Artifact = "auto"
-    """`auto` (ONNX on CPU), or one format: `onnx`, `torchscript`, `exported`, `state_dict`, `pickle`."""
+    """`auto` (aoti where it can run, then ONNX on CPU), `fastest` (each loadable artifact timed at
+    warm-up, the fastest kept), or one format: `onnx`, `torchscript`, `exported`, `state_dict`, `pickle`, `aoti`."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`."""
     max_batch_size: int = Field(default=32, ge=1)

@@ -28,3 +28,12 @@ def tiny_store(store: ModelStore) -> Iterator[ModelStore]:
     publish_tiny(store, seed=0, metrics={"val_acc": 0.9, "val_loss": 0.3})
     publish_tiny(store, seed=1, metrics={"val_acc": 0.8, "val_loss": 0.2})
     yield store
+
+
+@pytest.fixture(scope="session")
+def aoti_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny` (TinyMLP seed 0) as exported and aoti: the AOTInductor compile (~25 s on 2 cores) is
+    paid once per session; tests copy the folder."""
+    store = ModelStore(tmp_path_factory.mktemp("aoti") / "models")
+    version = publish_tiny(store, formats=("exported", "aoti"))
+    return store.path("tiny", version)

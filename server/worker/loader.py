@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from model_store import StoreError
+from model_store.errors import NotRunnableHere
 from model_store.manifest import Manifest
 from model_store.runtimes import Runtime, Tensors
 from model_store.verify import check_artifact, load_examples
@@ -28,6 +29,7 @@ from ..config import ModelConfig
 from ..handlers import BoundHandler, HandlerNotFound, HandlerSetupError, load_handler, setup_handler
 from ..ipc.messages import Verdict
 from ..resources import available_memory, usable_cpus
+from . import fastest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ PLATFORMS = {
     "exported": "pytorch_exported",
     "state_dict": "pytorch_eager",
     "pickle": "pytorch_eager",
+    "aoti": "pytorch_aoti",
 }
 
 
@@ -92,19 +95,22 @@ def _ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[str, str]:
-    """The format to load for `device`, and why (logged and shown in model metadata)."""
+def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> list[tuple[str, str]]:
+    """The formats to try for `device`, best first, each with why (logged and shown in model metadata).
+
+    More than one only for `auto`: an aoti package built for another machine is skipped for the next.
+    """
     present = {a.format for a in manifest.artifacts}
     if manifest.model_factory is None:
         present.discard("state_dict")  # not rebuildable: never served
     if not cfg.trust_pickle:
         present.discard("pickle")
-    if cfg.artifact != "auto":
+    if cfg.artifact not in ("auto", "fastest"):
         if cfg.artifact not in present:
             raise Rejected(
                 f"config asks for artifact {cfg.artifact!r}; this version has none usable ({sorted(present)})"
             )
-        return cfg.artifact, f"{cfg.artifact} as configured"
+        return [(cfg.artifact, f"{cfg.artifact} as configured")]
     if device == "cpu":
         order = ["onnx", "torchscript", "exported", "state_dict", "pickle"]
         why = "onnxruntime is the fastest CPU runtime; torch formats are fallbacks"
@@ -114,12 +120,18 @@ def pick_artifact(manifest: Manifest, cfg: ModelConfig, device: str) -> tuple[st
     else:
         order = ["torchscript", "exported", "state_dict", "pickle", "onnx"]
         why = "onnxruntime here has no CUDA provider, so a torch format runs on the GPU"
+    if "aoti" in present:  # compiled ahead of time for one machine: first where it can run, else skipped
+        order = ["aoti", *order]
+    candidates = []
     for i, fmt in enumerate(order):
         if fmt in present:
-            if i == 0:
-                return fmt, f"{fmt} on {device}: {why}"
-            return fmt, f"{fmt} on {device}: the first of {order} this version has ({why})"
-    raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
+            first = i == 0
+            candidates.append(
+                (fmt, f"{fmt} on {device}: " + (why if first else f"the first of {order} this version has ({why})"))
+            )
+    if not candidates:
+        raise Rejected("no servable artifact (a state_dict needs a model_factory; a pickle needs trust_pickle)")
+    return candidates
 
 
 def default_threads(cfg: ModelConfig, total_workers: int, api_servers: int) -> int:
@@ -170,21 +182,7 @@ class Loader:
         if changed:
             raise Rejected("; ".join(changed))
         device = pick_device(self.cfg.device)
-        fmt, why = pick_artifact(manifest, self.cfg, device)
-        if fmt == "pickle":
-            log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
-        try:
-            runtime, err = check_artifact(
-                folder,
-                manifest,
-                fmt,
-                device=device,
-                trust_pickle=self.cfg.trust_pickle,
-                threads=self.threads,
-            )
-            self._warm_up(runtime, folder, manifest)
-        except StoreError as e:
-            raise Rejected(str(e)) from None
+        runtime, fmt, err, why = self._pick_and_load(folder, manifest, device)
         seconds = time.perf_counter() - started
         log.info(
             "%s:%s loaded %s on %s in %.2fs (golden max error %.2g): %s",
@@ -204,7 +202,41 @@ class Loader:
                 raise Rejected(str(e)) from None
         return Servable(name, version, manifest, runtime, fmt, device, why, seconds, verdict.stats, folder, handler)
 
-    def _warm_up(self, runtime: Runtime, folder: Path, manifest: Manifest) -> None:
+    def _pick_and_load(self, folder: Path, manifest: Manifest, device: str) -> tuple[Runtime, str, float, str]:
+        """The first candidate that runs here (or, for `fastest`, the quickest of them), loaded,
+        golden-checked and warm: (runtime, format, golden max error, why)."""
+        name, version = self.cfg.name, manifest.version
+        skipped: list[str] = []
+        loaded: list[tuple[Runtime, str, float, str]] = []
+        timings: dict[str, float] = {}
+        for fmt, choice in pick_artifacts(manifest, self.cfg, device):
+            if fmt == "pickle":
+                log.warning("%s:%s loading a trusted pickle (sha256 verified)", name, version)
+            try:
+                runtime, err = check_artifact(
+                    folder, manifest, fmt, device=device, trust_pickle=self.cfg.trust_pickle, threads=self.threads
+                )
+                full = self._warm_up(runtime, folder, manifest)
+            except NotRunnableHere as e:  # built for another machine: the next artifact may run
+                log.warning("%s:%s skipping %s: %s", name, version, fmt, e)
+                skipped.append(f"{fmt}: {e}")
+                continue
+            except StoreError as e:
+                raise Rejected(str(e)) from None
+            loaded.append((runtime, fmt, err, choice))
+            if self.cfg.artifact != "fastest":
+                break
+            timings[fmt] = fastest.seconds_per_batch(runtime, full)
+        if not loaded:
+            raise Rejected("; ".join(skipped))
+        runtime, fmt, err, why = min(loaded, key=lambda c: timings.get(c[1], 0.0))
+        if timings:
+            why = fastest.describe(fmt, device, timings, self.cfg.max_batch_size)
+        if skipped:
+            why += f" ({'; '.join(skipped)})"
+        return runtime, fmt, err, why
+
+    def _warm_up(self, runtime: Runtime, folder: Path, manifest: Manifest) -> Tensors:
         """Run the examples tiled to a full batch so first requests do not pay for allocation."""
         ins, _ = load_examples(folder / manifest.examples.path)
         rows = next(iter(ins.values())).shape[0]
@@ -212,3 +244,4 @@ class Loader:
         full = {k: np.concatenate([v] * reps)[: self.cfg.max_batch_size] for k, v in ins.items()}
         for batch in (ins, full):
             runtime.predict(batch)
+        return full

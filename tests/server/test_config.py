@@ -86,7 +86,7 @@ def test_yaml_values_are_converted_like_before() -> None:
             {"models": {"m": {"artifact": "tflite"}}},
             {},
             {},
-            "config models.m.artifact: must be 'auto', 'onnx', 'torchscript', 'exported', 'state_dict' or 'pickle', got 'tflite'",
+            "config models.m.artifact: must be 'auto', 'fastest', 'onnx', 'torchscript', 'exported', 'state_dict', 'pickle' or 'aoti', got 'tflite'",
         ),
         ({"models": {"m": {"device": "tpu"}}}, {}, {}, "device 'tpu' must be auto, cpu, cuda or cuda:N"),
         ({"models": {"m": {"artifact": "pickle"}}}, {}, {}, "config models.m: artifact 'pickle' needs trust_pickle"),
@@ -202,7 +202,7 @@ def test_configs_survive_pickling_replace_and_later_checks() -> None:
     assert dataclasses.replace(digits, max_batch_size=4).max_batch_size == 4
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         dataclasses.replace(digits, max_batch_size=0)  # replace checks the values too
-    assert set(ARTIFACTS) == {"auto", "onnx", "torchscript", "exported", "state_dict", "pickle"}
+    assert set(ARTIFACTS) == {"auto", "fastest", "onnx", "torchscript", "exported", "state_dict", "pickle", "aoti"}
     cfg.cache_dir = "/somewhere"  # callers may still set fields after build
     check(cfg)
     digits.workers = 0

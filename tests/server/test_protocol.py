@@ -197,7 +197,7 @@ def test_gzip_and_deflate_bodies_are_inflated() -> None:
         (gzip.compress(b" " * 1_000_000), "gzip", 413, "inflates to over the limit of 10000"),
         (zlib.compress(b" " * 1_000_000), "deflate", 413, "inflates to over the limit of 10000"),
         (b"not gzip at all", "gzip", 400, "not valid gzip data"),
-        (gzip.compress(b"{}")[:-4], "gzip", 400, "truncated gzip data"),
+        (gzip.compress(b"{}", mtime=0)[:-4], "gzip", 400, "truncated gzip data"),
     ],
 )
 def test_content_encoding_refusals(data: bytes, coding: str, status: int, message: str) -> None:
