@@ -75,6 +75,9 @@ class ModelConfig(_Checked):
     """Intra-op threads per worker; 0 picks cores / (workers + API servers)."""
     trust_pickle: bool = False
     """Allow pickled artifacts, which run code when loaded: only for a store you control."""
+    trust_native_code: bool = False
+    """Allow `aoti` artifacts (AOTInductor packages): native code the worker loads and runs, so
+    whoever can write the store runs code in the server. Only for a store you control."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
     """A predict running longer answers 504 and its worker is recycled."""
     max_queued_requests: int = Field(default=0, ge=0)
@@ -117,6 +120,8 @@ class ModelConfig(_Checked):
     def _pickle_is_trusted(self) -> ModelConfig:
         if self.artifact == "pickle" and not self.trust_pickle:
             raise ValueError("artifact 'pickle' needs trust_pickle: true")
+        if self.artifact == "aoti" and not self.trust_native_code:
+            raise ValueError("artifact 'aoti' needs trust_native_code: true (an AOTInductor package is native code)")
         return self
 
     def queue_limit(self) -> int:

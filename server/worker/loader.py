@@ -105,6 +105,8 @@ def pick_artifacts(manifest: Manifest, cfg: ModelConfig, device: str) -> list[tu
         present.discard("state_dict")  # not rebuildable: never served
     if not cfg.trust_pickle:
         present.discard("pickle")
+    if not cfg.trust_native_code:
+        present.discard("aoti")  # native code: only where the config trusts the store's writers
     if cfg.artifact not in ("auto", "fastest"):
         if cfg.artifact not in present:
             raise Rejected(

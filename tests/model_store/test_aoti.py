@@ -100,11 +100,16 @@ def test_an_aoti_package_built_elsewhere_is_skipped_for_the_next_artifact(export
     assert status.report is not None and any("aoti: cannot run here: built for torch" in n for n in status.report.notes)
     assert status.manifest is not None
     stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
-    servable = Loader(ModelConfig(name="tiny", max_batch_size=4), threads=1).load(
+    servable = Loader(ModelConfig(name="tiny", max_batch_size=4, trust_native_code=True), threads=1).load(
         Verdict(version=1, folder=folder, manifest=status.manifest, stats=stats)
     )
     assert servable.artifact == "exported"
     assert "aoti: cannot run here: built for torch '2.99.0'" in servable.describe()["choice"]
+    # Without trust_native_code an AOTInductor package is never opened: it is native code.
+    untrusted = Loader(ModelConfig(name="tiny", max_batch_size=4), threads=1).load(
+        Verdict(version=1, folder=folder, manifest=status.manifest, stats=stats)
+    )
+    assert untrusted.artifact == "exported" and "aoti" not in untrusted.describe()["choice"].split("(")[0]
 
 
 def test_ls_and_verify_show_the_formats_and_why_aoti_is_skipped(

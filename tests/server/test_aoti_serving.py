@@ -17,7 +17,11 @@ from model_store import ModelStore
 from tests.fakes import TinyMLP
 from tests.server.conftest import ServerProcess, infer_body
 
-CONFIG = {"poll_interval": 0.5, "models": {"fast": {"max_batch_size": 32}, "moved": {"max_batch_size": 32}}}
+CONFIG = {
+    "poll_interval": 0.5,
+    "defaults": {"trust_native_code": True},
+    "models": {"fast": {"max_batch_size": 32}, "moved": {"max_batch_size": 32}},
+}
 
 
 def land(model_dir: Path, source: Path, version: int, change: object = None) -> Path:
