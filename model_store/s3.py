@@ -21,6 +21,7 @@ from .manifest import MANIFEST_NAME, Manifest
 from .policy import VersionPolicy
 from .s3_bucket import Objects, S3Bucket
 from .s3_mirror import Mirror, Retention
+from .signing import SIGNATURE_NAME, SigningKey, TrustPolicy
 from .store import ModelStore, VersionStatus, check_name, choose_version, register_scheme
 from .verify import VerifyReport
 
@@ -62,6 +63,7 @@ class S3ModelStore(ModelStore):
         policy: str | VersionPolicy = "latest",
         mirror: str | os.PathLike[str] | None = None,
         client: Any = None,
+        trust: TrustPolicy | None = None,
     ) -> None:
         self.s3 = S3Bucket(url, client)
         self.url, self.bucket, self.prefix = self.s3.url, self.s3.name, self.s3.prefix
@@ -70,7 +72,7 @@ class S3ModelStore(ModelStore):
             base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             mirror = base / "s3" / self.bucket / (self.prefix or "_")
         # Nothing is created here: a store that only lists models or publishes needs no mirror.
-        super().__init__(mirror, trust_pickle=trust_pickle)
+        super().__init__(mirror, trust_pickle=trust_pickle, trust=trust)
         self.mirror = Mirror(self.root, self.s3, default, self._folder_status)
 
     def __repr__(self) -> str:
@@ -168,6 +170,7 @@ class S3ModelStore(ModelStore):
                     manifest = Manifest.load(folder)
             if objects is not None and manifest is not None:
                 files = [MANIFEST_NAME, *(f.path for f in manifest.files if f.path in objects)]
+                files += [SIGNATURE_NAME] if SIGNATURE_NAME in objects else []
                 self.mirror.fetch(name, int(version), objects, files)
             return super().verify(name, version)
 
@@ -183,9 +186,17 @@ class S3ModelStore(ModelStore):
         """Claim the next version number of a model in the bucket (see `s3_publish.reserve`)."""
         return s3_publish.reserve(self.s3, name)
 
-    def _land(self, name: str, plan: _publish.Plan) -> int:
+    def _land(self, name: str, plan: _publish.Plan, sign: SigningKey | None = None) -> int:
         # The mirror adopts the upload as a finished download: nothing published is fetched back.
-        return s3_publish.land(self.s3, name, plan, self.hashes, uploaded=self.mirror.adopt)
+        return s3_publish.land(self.s3, name, plan, self.hashes, uploaded=self.mirror.adopt, sign=sign)
+
+    def sign(self, name: str, version: int | str, key: SigningKey) -> str:
+        """Sign an intact version of the bucket: checked in the mirror, the signature uploaded."""
+        self.verify(name, version)  # fetches the whole version into the mirror
+        folder = self.path(name, version)
+        fp = super().sign(name, version, key)
+        s3_publish.upload_signature(self.s3, name, int(version), folder / SIGNATURE_NAME)
+        return fp
 
 
 register_scheme("s3", S3ModelStore)

@@ -40,6 +40,7 @@ from .errors import StoreError
 from .manifest import MANIFEST_NAME, Manifest
 from .policy import VersionPolicy
 from .s3_bucket import VERSION_NAME, ObjectChanged, Objects, S3Bucket
+from .signing import SIGNATURE_NAME
 from .store import VersionState, VersionStatus, check_name
 
 ORIGIN_NAME = ".s3-origin.json"  # in the mirror root: which bucket and endpoint it mirrors
@@ -260,6 +261,7 @@ class Mirror:
             """Mirror one version; True when it is servable and valid."""
             del candidates[version]
             files = [MANIFEST_NAME, *(f.path for f in complete[version].files)]
+            files += [SIGNATURE_NAME] if SIGNATURE_NAME in remote[version] else []
             try:
                 self.fetch(name, version, remote[version], files)
             except ObjectChanged:

@@ -17,6 +17,7 @@ from . import publish as _publish
 from .errors import StoreError
 from .manifest import MANIFEST_NAME
 from .s3_bucket import VERSION_NAME, Objects, S3Bucket, error_code
+from .signing import SIGNATURE_NAME, SigningKey, sign_folder
 from .store import STAGING_PREFIX, check_name
 from .verify import HashCache
 
@@ -82,7 +83,19 @@ def _upload(bucket: S3Bucket, path: Path, key: str, *, last: bool = False) -> tu
         return int(head["ContentLength"]), str(head["ETag"])
 
 
-def land(bucket: S3Bucket, name: str, plan: _publish.Plan, hashes: HashCache, uploaded: Uploaded) -> int:
+def upload_signature(bucket: S3Bucket, name: str, version: int, path: Path) -> None:
+    """Put a version's signature (`modeldock sign` of a version already in the bucket)."""
+    _upload(bucket, path, bucket.key(name, str(version), SIGNATURE_NAME))
+
+
+def land(
+    bucket: S3Bucket,
+    name: str,
+    plan: _publish.Plan,
+    hashes: HashCache,
+    uploaded: Uploaded,
+    sign: SigningKey | None = None,
+) -> int:
     """Reserve a number, build the version locally, upload its files and then its manifest.
 
     `uploaded` gets the local copy once the manifest is in (the mirror adopts it rather than
@@ -94,10 +107,14 @@ def land(bucket: S3Bucket, name: str, plan: _publish.Plan, hashes: HashCache, up
         staging.mkdir()
         manifest = _publish.build(plan, name, version, staging, hashes)
         manifest.dump(staging)
+        signed = [SIGNATURE_NAME] if sign is not None else []
+        if sign is not None:
+            sign_folder(staging, sign, f"{name}/{version}", hashes)
         done: Objects = {}
         try:
-            for entry in manifest.files:
-                done[entry.path] = _upload(bucket, staging / entry.path, bucket.key(name, str(version), entry.path))
+            # The signature before the manifest: a mirror never sees the version unsigned.
+            for rel in [*(entry.path for entry in manifest.files), *signed]:
+                done[rel] = _upload(bucket, staging / rel, bucket.key(name, str(version), rel))
             key = bucket.key(name, str(version), MANIFEST_NAME)
             done[MANIFEST_NAME] = _upload(bucket, staging / MANIFEST_NAME, key, last=True)
         except BaseException:

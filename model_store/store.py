@@ -29,7 +29,8 @@ from .errors import NewerManifest, StoreError
 from .manifest import MANIFEST_NAME, Manifest
 from .policy import VersionPolicy
 from .prebuilt import plan_prebuilt
-from .verify import HashCache, VerifyReport, verify_version
+from .signing import SIGNATURE_NAME, SigningKey, TrustPolicy, sign_folder
+from .verify import HashCache, VerifyReport, check_files, verify_version
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
@@ -105,11 +106,15 @@ class ModelStore:
         *,
         trust_pickle: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
+        trust: TrustPolicy | None = None,
     ):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} is a file, not a folder")
         self.trust_pickle = trust_pickle
+        # Whose signatures a version needs (model_store.signing); None: signatures are not checked.
+        self.trust = trust
+        self._trust: dict[str, TrustPolicy | None] = {}  # per model, over `trust`
         self.hashes = HashCache()
         self._lock = threading.Lock()
         # (name, version) -> (fingerprint, status) for complete versions only.
@@ -156,6 +161,14 @@ class ModelStore:
             raise StoreError(f"{name}:{version} does not exist in {self.root}")
         return folder
 
+    # ---- trust ---------------------------------------------------------------------------
+    def set_trust(self, name: str, policy: TrustPolicy | None) -> None:
+        """The signatures one model's versions need (over the store's `trust`)."""
+        self._trust[check_name(name)] = policy
+
+    def trust_for(self, name: str) -> TrustPolicy | None:
+        return self._trust.get(name, self.trust)
+
     # ---- state of one version ------------------------------------------------------------
     def status(self, name: str, version: int) -> VersionStatus:
         """Pending, rejected or valid; complete versions are verified once per fingerprint."""
@@ -168,6 +181,10 @@ class ModelStore:
         except StoreError as e:
             return VersionStatus(name, version, VersionState.PENDING, str(e))
         fingerprint = _fingerprint(folder, manifest)
+        if fingerprint is not None:  # a verdict holds for these files under these keys
+            trust = self.trust_for(name)
+            if trust is not None:  # a file added beside the signed ones must be seen
+                fingerprint += (trust.identity, tuple(sorted(os.listdir(folder))))
         if fingerprint is None:
             return VersionStatus(name, version, VersionState.PENDING, "files still arriving", manifest)
         with self._lock:
@@ -184,7 +201,9 @@ class ModelStore:
         if (manifest.name, manifest.version) != (name, version):
             reason = f"manifest describes {manifest.name}:{manifest.version} but lies in {name}/{version}"
             return VersionStatus(name, version, VersionState.REJECTED, reason, manifest)
-        report = verify_version(folder, manifest, self.hashes, trust_pickle=self.trust_pickle)
+        report = verify_version(
+            folder, manifest, self.hashes, trust_pickle=self.trust_pickle, trust=self.trust_for(name)
+        )
         state = VersionState.VALID if report.ok else VersionState.REJECTED
         return VersionStatus(name, version, state, report.reason, manifest, report)
 
@@ -217,9 +236,13 @@ class ModelStore:
         model_factory: str | Callable[..., torch.nn.Module] | None = None,
         factory_kwargs: dict[str, Any] | None = None,
         data_files: Mapping[str, _publish.DataSource] | None = None,
+        sign: SigningKey | None = None,
         **options: Any,
     ) -> int:
         """Export, check and atomically land a new version; returns its number.
+
+        `sign`: a `SigningKey` whose signature (`model.sig`, OpenSSF model signing) covers every
+        file of the version, manifest included, and lands with it.
 
         `data_files` maps a plain file name to its content (bytes) or a file to copy (a path):
         data a handler reads (`{"labels.json": b'["cat", "dog"]'}`), checksummed like artifacts.
@@ -239,7 +262,7 @@ class ModelStore:
             trust_pickle=options.pop("trust_pickle", self.trust_pickle),
             **options,
         )
-        return self._land(name, plan)
+        return self._land(name, plan, sign)
 
     def publish_artifact(
         self,
@@ -249,15 +272,30 @@ class ModelStore:
         *,
         example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
         data_files: Mapping[str, _publish.DataSource] | None = None,
+        sign: SigningKey | None = None,
         **options: Any,
     ) -> int:
         """Check and land a version from an artifact made elsewhere (`fmt` 'onnx' or
         'torchscript'), copied byte for byte; its outputs on `example_inputs` become the golden
         outputs. Options: metrics, atol, rtol, description, tags, training."""
         check_name(name)
-        return self._land(name, plan_prebuilt(fmt, Path(path), example_inputs, data_files=data_files, **options))
+        plan = plan_prebuilt(fmt, Path(path), example_inputs, data_files=data_files, **options)
+        return self._land(name, plan, sign)
 
-    def _land(self, name: str, plan: _publish.Plan) -> int:
+    def sign(self, name: str, version: int | str, key: SigningKey) -> str:
+        """Sign a version already in the store, in place; returns the key's fingerprint.
+
+        Only an intact version is signed (every listed file present with its manifest sha256):
+        a signature vouches for what the publisher made, not for whatever the folder holds now.
+        """
+        folder = self._existing(name, version)
+        manifest = Manifest.load(folder)
+        problems = check_files(folder, manifest, self.hashes)
+        if problems:
+            raise StoreError(f"{name}:{version} is not intact, not signing it: {'; '.join(problems)}")
+        return sign_folder(folder, key, f"{name}/{check_version(version)}", self.hashes)
+
+    def _land(self, name: str, plan: _publish.Plan, sign: SigningKey | None = None) -> int:
         """Reserve a number, build the version in its staging folder and rename it into place."""
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +303,8 @@ class ModelStore:
         try:
             manifest = _publish.build(plan, name, version, staging, self.hashes)
             manifest.dump(staging)
+            if sign is not None:  # inside the staging folder: the version appears signed or not at all
+                sign_folder(staging, sign, f"{name}/{version}", self.hashes)
             _fsync_tree(staging)
             os.rename(staging, model_dir / str(version))
             _fsync_dir(model_dir)
@@ -313,8 +353,13 @@ def reserve_version(model_dir: Path) -> tuple[int, Path]:
 
 
 def _fingerprint(folder: Path, manifest: Manifest) -> tuple[Any, ...] | None:
-    """(size, mtime) of the manifest and every listed file; None while any is missing or short."""
-    parts: list[Any] = []
+    """(size, mtime) of the manifest, every listed file and the signature (if any); None while a
+    listed file is missing or short."""
+    try:
+        st = (folder / SIGNATURE_NAME).stat()
+        parts: list[Any] = [(SIGNATURE_NAME, st.st_size, st.st_mtime_ns)]
+    except OSError:
+        parts = [(SIGNATURE_NAME, None)]
     for rel, want in [(MANIFEST_NAME, None), *((f.path, f.size) for f in manifest.files)]:
         try:
             st = (folder / rel).stat()

@@ -8,13 +8,16 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import NotRunnableHere, StoreError
 from .manifest import Manifest
 from .runtimes import Runtime, Tensors, load_runtime
+
+if TYPE_CHECKING:
+    from .signing import TrustPolicy
 
 _CHUNK = 1 << 20
 
@@ -175,12 +178,24 @@ def check_artifact(
     return runtime, max_error(got, want)
 
 
-def verify_version(folder: Path, manifest: Manifest, hashes: HashCache, *, trust_pickle: bool = False) -> VerifyReport:
-    """Every check a version must pass before it may serve, on the CPU."""
+def verify_version(
+    folder: Path, manifest: Manifest, hashes: HashCache, *, trust_pickle: bool = False, trust: TrustPolicy | None = None
+) -> VerifyReport:
+    """Every check a version must pass before it may serve, on the CPU. With `trust`, the
+    signature is checked right after the checksums (whose sha256s it reuses) and before any
+    artifact is loaded: bytes of unknown origin are never handed to a runtime."""
     report = VerifyReport(manifest.name, manifest.version)
     report.problems = check_files(folder, manifest, hashes)
     if report.problems:
         return report
+    if trust is not None:
+        from .signing import check_folder  # signing imports this module
+
+        signed = check_folder(folder, trust, hashes, f"{manifest.name}/{manifest.version}")
+        if signed.problem:
+            report.problems.append(signed.problem)
+            return report
+        report.notes.append(signed.note)
     try:
         ins, outs = load_examples(folder / manifest.examples.path)
     except StoreError as e:
