@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from model_store import ModelStore, StoreError, VersionState, VersionStatus
+from model_store.signing import SIGNATURE_NAME, SigningKey, TrustPolicy, short
 
 
 def _age(created_at: str) -> str:
@@ -51,8 +53,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows])
 
 
+def _trust(args: argparse.Namespace) -> TrustPolicy | None:
+    """`--trust-key` given: list and verify as a server requiring those keys' signatures would."""
+    return TrustPolicy.from_files(args.trust_key) if args.trust_key else None
+
+
+def _signing_key(path: Path) -> SigningKey:
+    # A password on the command line would land in shell history and `ps`: the environment only.
+    return SigningKey.load(path, os.environ.get("MODELDOCK_SIGNING_KEY_PASSWORD") or None)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    store = ModelStore(args.store)
+    store = ModelStore(args.store, trust=_trust(args))
     rows = [_row(store, s) for name in store.models() for s in store.statuses(name)]
     if not rows:
         print(f"no models in {store.location}")
@@ -62,7 +74,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    store = ModelStore(args.store, trust_pickle=args.trust_pickle)
+    store = ModelStore(args.store, trust_pickle=args.trust_pickle, trust=_trust(args))
     name, _, version = args.target.partition(":")
     versions = [version] if version else store.version_folders(name)
     if not versions:
@@ -101,6 +113,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise StoreError(f"bad argument: {e}") from None
     store = ModelStore(args.store, trust_pickle=args.trust_pickle)  # fail fast on a bad store path
+    key = _signing_key(args.sign_key) if args.sign_key else None  # and on a bad key, before exporting
     formats = check_formats(tuple(args.formats.split(",")), args.trust_pickle)
     model = build_model(ModelFactory(args.factory, kwargs))
     ckpt = load_checkpoint(args.checkpoint)
@@ -117,12 +130,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
         formats=formats,
         model_factory=args.factory,
         factory_kwargs=kwargs,
+        sign=key,
     )
     landed = [a["format"] for a in store.manifest(args.name, version)["artifacts"]]
     refused = [f for f in formats if f not in landed]  # an export torch could not produce (logged)
-    print(f"published {args.name}:{version} to {store.location} ({', '.join(landed)})")
+    signed = f", signed by key {short(key.fingerprint)}" if key else ""
+    print(f"published {args.name}:{version} to {store.location} ({', '.join(landed)}{signed})")
     if refused:
         print(f"refused formats: {', '.join(refused)} (see the warning above)")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store)
+    name, _, version = args.target.partition(":")
+    if not version:
+        raise StoreError(f"sign needs NAME:VERSION, got {args.target!r}")
+    fp = store.sign(name, version, _signing_key(args.key))
+    print(f"signed {name}:{version} in {store.location} with key {short(fp)} ({SIGNATURE_NAME})")
     return 0
 
 
@@ -171,10 +196,17 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("demo", "train the digits demo and publish two versions").add_argument("--epochs", type=int, default=12)
-    add("ls", "list models and versions")
+    trust_help = "PEM public key whose signatures are required (repeatable): check as such a server would"
+    add("ls", "list models and versions").add_argument("--trust-key", action="append", type=Path, help=trust_help)
     v = add("verify", "verify NAME or NAME:VERSION")
     v.add_argument("target")
     v.add_argument("--trust-pickle", action="store_true")
+    v.add_argument("--trust-key", action="append", type=Path, help=trust_help)
+    sig = add("sign", "sign a version already in the store (model.sig, OpenSSF model signing)")
+    sig.add_argument("target", help="NAME:VERSION")
+    sig.add_argument(
+        "--key", type=Path, required=True, help="ECDSA private key (PEM); password: $MODELDOCK_SIGNING_KEY_PASSWORD"
+    )
     pub = add("publish", "publish a checkpoint or state_dict file as a new version")
     pub.add_argument("checkpoint", type=Path)
     pub.add_argument("--name", required=True)
@@ -188,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
     )
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
     pub.add_argument("--trust-pickle", action="store_true")
+    pub.add_argument("--sign-key", type=Path, help="ECDSA private key (PEM) that signs the version")
     mar = add("import-mar", "publish a TorchServe model archive (.mar) as a new verified version")
     mar.add_argument("archive", type=Path)
     mar.add_argument("--name", help="model name in the store (default: the archive's)")
@@ -213,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ls": cmd_ls,
         "verify": cmd_verify,
         "publish": cmd_publish,
+        "sign": cmd_sign,
         "import-mar": cmd_import_mar,
         "serve": cmd_serve,
         "rollout": cmd_rollout,

@@ -29,6 +29,7 @@ from .control.version_set import VersionSet
 from .rollout_settings import RolloutConfig as RolloutConfig  # re-exported: part of the settings
 from .settings_base import _CHECKED, _T, _Checked, _fields
 from .settings_base import ConfigError as ConfigError
+from .trust_settings import TrustConfig as TrustConfig  # re-exported: part of the settings
 
 Artifact = Literal["auto", "fastest", "onnx", "torchscript", "exported", "state_dict", "pickle", "aoti"]
 ARTIFACTS: tuple[str, ...] = get_args(Artifact)
@@ -56,6 +57,9 @@ class ModelConfig(_Checked):
     """The user's pre- and post-processing, `package.module:Class` (docs/handlers.md); '' for none."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     """How a new version becomes the default; keys given under a model override `defaults`."""
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+    """Signed versions: `keys` (PEM public keys) and `required`; keys given under a model override
+    `defaults` one by one. A change takes effect after a restart."""
     artifact: Artifact = "auto"
     """`auto` (aoti where it can run, then ONNX on CPU), `fastest` (each loadable artifact timed at
     warm-up, the fastest kept), or one format: `onnx`, `torchscript`, `exported`, `state_dict`, `pickle`, `aoti`."""
@@ -281,9 +285,10 @@ def _model(where: str, raw: Any, base: ModelConfig, name: str) -> ModelConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {raw!r}")
     _check_keys(where, raw, _MODEL_KEYS)
-    if isinstance(raw.get("rollout"), dict):  # a model's rollout keys override the defaults' one by one
-        _check_keys(f"{where}.rollout", raw["rollout"], sorted(_fields(RolloutConfig)))
-        raw = {**raw, "rollout": {**dataclasses.asdict(base.rollout), **raw["rollout"]}}
+    for section, kind in (("rollout", RolloutConfig), ("trust", TrustConfig)):
+        if isinstance(raw.get(section), dict):  # a model's keys override the defaults' one by one
+            _check_keys(f"{where}.{section}", raw[section], sorted(_fields(kind)))
+            raw = {**raw, section: {**dataclasses.asdict(getattr(base, section)), **raw[section]}}
     return _validated(lambda: dataclasses.replace(base, name=name, **raw), ModelConfig, _under(where))
 
 

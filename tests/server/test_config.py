@@ -35,6 +35,7 @@ MODEL_KEYS = [
     "rollout",
     "spin_ms",
     "threads",
+    "trust",
     "trust_native_code",
     "trust_pickle",
     "versions",
@@ -211,3 +212,21 @@ def test_configs_survive_pickling_replace_and_later_checks() -> None:
     with pytest.raises(ConfigError, match=r"^models\.digits\.workers: must be at least 1, got 0"):
         check(cfg)
     assert ModelConfig().queue_limit() == 8 * 32 and ServerConfig().defaults == ModelConfig()
+
+
+def test_trust_keys_merge_by_key_and_required_needs_a_key(tmp_path: Path) -> None:
+    from tests.model_store.test_signing import make_keys
+
+    _, pub = make_keys(tmp_path, "k")
+    cfg = build({"defaults": {"trust": {"keys": [str(pub)]}}, "models": {"m": {"trust": {"required": False}}}}, {}, {})
+    m = cfg.model("m")
+    assert m.trust.keys == [str(pub)] and m.trust.required is False
+    policy = m.trust.policy()
+    assert policy is not None and not policy.required
+    default = cfg.model("other").trust.policy()
+    assert default is not None and default.required  # keys given, `required` unset: required
+    assert ModelConfig().trust.policy() is None  # no keys: signatures are not checked
+    with pytest.raises(ConfigError, match=r"config models\.m\.trust: trust\.required: true needs at least one key"):
+        build({"models": {"m": {"trust": {"required": True}}}}, {}, {})
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['key'\]; did you mean \['keys'\]"):
+        build({"models": {"m": {"trust": {"key": [str(pub)]}}}}, {}, {})

@@ -1,0 +1,42 @@
+"""The signature policy: a model's `trust:` section (docs/security.md, "Signed versions")."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from model_store import StoreError
+from model_store.signing import PublicKey, TrustPolicy
+
+from .settings_base import _CHECKED, _Checked
+
+
+@dataclass(config=_CHECKED)
+class TrustConfig(_Checked):
+    """Whose signatures a model's versions need; no keys: signatures are not checked."""
+
+    keys: list[str] = Field(default_factory=list)
+    """PEM public keys (ECDSA) whose `model.sig` is accepted; several at once for a rotation."""
+    required: bool | None = None
+    """Reject unsigned versions; unset: true when keys are given. A bad signature is always rejected."""
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_load(cls, value: list[str]) -> list[str]:
+        for path in value:
+            try:
+                PublicKey.load(path)  # names the file: missing, unreadable, not a key
+            except StoreError as e:
+                raise ValueError(str(e)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _required_has_keys(self) -> TrustConfig:
+        if self.required and not self.keys:
+            raise ValueError("trust.required: true needs at least one key in trust.keys")
+        return self
+
+    def policy(self) -> TrustPolicy | None:
+        if not self.keys:
+            return None
+        return TrustPolicy.from_files(self.keys, self.required is not False)
