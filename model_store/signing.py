@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .verify import HashCache
+from .hashes import HashCache
 
 SIGNATURE_NAME = "model.sig"
 # Files in a version folder that are never part of it: the signature itself, and the record a

@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import stat
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import NotRunnableHere, StoreError
+from .hashes import HashCache as HashCache  # re-exported: where callers have always found it
 from .manifest import Manifest
 from .runtimes import Runtime, Tensors, load_runtime
-
-if TYPE_CHECKING:
-    from .signing import TrustPolicy
-
-_CHUNK = 1 << 20
-
-
-class HashCache:
-    """sha256 per (path, size, mtime): a repeated look at an unchanged file costs a stat."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._digests: dict[tuple[str, int, int], str] = {}
-
-    def sha256(self, path: Path) -> str:
-        st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if key in self._digests:
-                return self._digests[key]
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        with self._lock:
-            self._digests[key] = h.hexdigest()
-        return h.hexdigest()
+from .signing import TrustPolicy, check_folder
 
 
 def save_examples(path: Path, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
@@ -189,8 +162,6 @@ def verify_version(
     if report.problems:
         return report
     if trust is not None:
-        from .signing import check_folder  # signing imports this module
-
         signed = check_folder(folder, trust, hashes, f"{manifest.name}/{manifest.version}")
         if signed.problem:
             report.problems.append(signed.problem)
