@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from model_store import ModelStore
 from tests.fakes import TinyMLP, example_input
@@ -37,3 +39,16 @@ def aoti_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = ModelStore(tmp_path_factory.mktemp("aoti") / "models")
     version = publish_tiny(store, formats=("exported", "aoti"))
     return store.path("tiny", version)
+
+
+def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-256 key pair as PEM files: (private, public)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public

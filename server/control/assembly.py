@@ -23,9 +23,6 @@ MIRROR_KEEP = 2
 
 def open_store(cfg: ServerConfig, trust_pickle: bool = False) -> ModelStore:
     store = ModelStore(cfg.store, cache_dir=cfg.cache_dir or None, trust_pickle=trust_pickle)
-    for mc in cfg.models or []:
-        store.set_trust(mc.name, mc.trust.policy())
-    store.trust = cfg.defaults.trust.policy()  # models added while serving, and a store-wide listing
     if isinstance(store, S3ModelStore):
         store.init_mirror()  # workers load from the verified local mirror
     elif not store.root.is_dir():
@@ -51,7 +48,7 @@ class ControlFactory:
         if mc.trust_pickle not in self.stores:
             self.stores[mc.trust_pickle] = open_store(self.cfg, trust_pickle=mc.trust_pickle)
         store = self.stores[mc.trust_pickle]
-        store.set_trust(mc.name, mc.trust.policy())
+        store.set_trust(mc.name, mc.trust.policy())  # before the model's first poll
         versions = VersionSet.parse(mc.versions)
         if isinstance(store, S3ModelStore):
             store.retain(mc.name, keep=versions.mirror_keep(MIRROR_KEEP), policy=mc.policy)

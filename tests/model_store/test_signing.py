@@ -12,26 +12,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from model_store import ModelStore, StoreError, VersionState
 from model_store.signing import SIGNATURE_NAME, PublicKey, SigningKey, TrustPolicy
-from tests.conftest import publish_tiny
+from tests.conftest import make_keys, publish_tiny
 
 CLI = [sys.executable, "-m", "model_signing"]
-
-
-def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
-    """An ECDSA P-256 key pair as PEM files: (private, public)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public
 
 
 @pytest.fixture

@@ -249,3 +249,17 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=60)
+
+
+SERVE = [sys.executable, "-m", "server", "serve"]
+
+
+def serve_refused(store: Path, config: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`modeldock serve` with a config that must stop the start: its exit code and stderr."""
+    return subprocess.run(
+        [*SERVE, "--store", str(store), "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )

@@ -215,7 +215,7 @@ def test_configs_survive_pickling_replace_and_later_checks() -> None:
 
 
 def test_trust_keys_merge_by_key_and_required_needs_a_key(tmp_path: Path) -> None:
-    from tests.model_store.test_signing import make_keys
+    from tests.conftest import make_keys
 
     _, pub = make_keys(tmp_path, "k")
     cfg = build({"defaults": {"trust": {"keys": [str(pub)]}}, "models": {"m": {"trust": {"required": False}}}}, {}, {})

@@ -12,14 +12,12 @@ from pathlib import Path
 
 from model_store import ModelStore
 from model_store.signing import SIGNATURE_NAME, PublicKey, SigningKey
-from tests.conftest import publish_tiny
-from tests.model_store.test_signing import make_keys
-from tests.server.conftest import Load, ServerProcess, infer_body
+from tests.conftest import make_keys, publish_tiny
+from tests.server.conftest import Load, ServerProcess, infer_body, serve_refused
 from tests.server.test_hot_reload import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [[0.1, 0.2, 0.3, 0.4]]
-SERVE = [sys.executable, "-m", "server", "serve"]
 
 
 def rejected(server: ServerProcess) -> dict[str, str]:
@@ -101,22 +99,6 @@ def test_a_trust_key_that_is_not_a_key_stops_the_start(tmp_path: Path) -> None:
     ):
         cfg = tmp_path / "config.yaml"
         cfg.write_text(json.dumps({"models": {"tiny": {"trust": {"keys": keys}}}}))
-        out = subprocess.run(
-            [
-                *SERVE,
-                "--store",
-                str(store.root),
-                "--config",
-                str(cfg),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--port",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        out = serve_refused(store.root, cfg, tmp_path)
         assert out.returncode == 2, out.stderr
         assert message in out.stderr and "models.tiny.trust" in out.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import yaml
 
 from model_store import ModelStore
 from tests.conftest import publish_tiny
-from tests.server.conftest import Load, ServerProcess, infer_body
+from tests.server.conftest import Load, ServerProcess, infer_body, serve_refused
 from tests.server.test_hot_reload import wait_for
 
 ROW = [[0.1, 0.2, 0.3, 0.4]]
@@ -104,26 +102,7 @@ def test_a_label_naming_an_unloaded_version_is_refused_at_start(tmp_path: Path) 
     publish_tiny(store)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"models": {"tiny": {"labels": {"stable": 7}}}}))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--store",
-            str(store.root),
-            "--config",
-            str(cfg),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--port",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    out = serve_refused(store.root, cfg, tmp_path)
     assert out.returncode == 2
     assert "label 'stable' names version 7, which is not loaded (loaded: [1])" in out.stderr
 
