@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .certificates import SigningCertificate, TrustRoot, bundle_certificate, subject_of, verify_certificate_bundle
 from .errors import StoreError
 from .hashes import HashCache
 
@@ -95,13 +96,24 @@ class PublicKey:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """An ECDSA private key (PEM) that signs versions; checked when made, before any export."""
+    """An ECDSA private key (PEM) that signs versions, with its certificate where given (then the
+    signature carries the certificate and chain, for servers that trust a CA); checked when made,
+    before any export."""
 
     path: Path
     password: bytes | None = None
+    certificate: SigningCertificate | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], password: str | bytes | None = None) -> SigningKey:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        password: str | bytes | None = None,
+        *,
+        certificate: str | os.PathLike[str] | None = None,
+        chain: Sequence[str | os.PathLike[str]] = (),
+    ) -> SigningKey:
+        """`certificate`: the key's X.509 certificate (PEM); `chain`: intermediates up to a root."""
         from cryptography.hazmat.primitives import serialization
 
         p = Path(path)
@@ -117,7 +129,20 @@ class SigningKey:
         problem = _ec_key_problem(key.public_key())
         if problem:
             raise StoreError(f"signing key {p}: {problem}")
-        return cls(p, pw)
+        if chain and certificate is None:
+            raise StoreError("a certificate chain needs the signing certificate too")
+        cert = SigningCertificate.load(key, certificate, chain) if certificate is not None else None
+        return cls(p, pw, cert)
+
+    @property
+    def signer_name(self) -> str:
+        """Who the signature names: `key <fingerprint>` or `certificate <subject>`."""
+        if self.certificate is not None:
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(self.certificate.certificate.read_bytes())
+            return f"certificate {subject_of(cert)}"
+        return f"key {short(self.fingerprint)}"
 
     @property
     def fingerprint(self) -> str:
@@ -129,21 +154,28 @@ class SigningKey:
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """Keys whose signatures are accepted; `required`: an unsigned version is rejected."""
+    """Keys and root certificates whose signatures are accepted; `required`: an unsigned version
+    is rejected."""
 
     keys: tuple[PublicKey, ...]
     required: bool = True
+    roots: tuple[TrustRoot, ...] = ()
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | os.PathLike[str]], required: bool = True) -> TrustPolicy:
-        if required and not paths:
-            raise StoreError("a required signature needs at least one trusted key")
-        return cls(tuple(PublicKey.load(p) for p in paths), required)
+    def from_files(
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        required: bool = True,
+        roots: Sequence[str | os.PathLike[str]] = (),
+    ) -> TrustPolicy:
+        if required and not paths and not roots:
+            raise StoreError("a required signature needs at least one trusted key or root certificate")
+        return cls(tuple(PublicKey.load(p) for p in paths), required, tuple(TrustRoot.load(p) for p in roots))
 
     @property
     def identity(self) -> tuple[Any, ...]:
-        """What a cached verdict depends on: the keys and whether a signature is required."""
-        return (tuple(k.fingerprint for k in self.keys), self.required)
+        """What a cached verdict depends on: the keys, the roots, whether a signature is required."""
+        return (tuple(k.fingerprint for k in self.keys), self.required, tuple(r.fingerprint for r in self.roots))
 
 
 def version_files(folder: Path) -> list[str]:
@@ -173,8 +205,11 @@ def sign_folder(folder: Path, key: SigningKey, subject: str, hashes: HashCache) 
         items.append(manifest.FileManifestItem(path=pathlib.PurePosixPath(rel), digest=Digest("sha256", digest)))
     kind = manifest._FileSerialization("sha256", False, [Path(p) for p in (SIGNATURE_NAME, *_CLI_IGNORED)])
     payload = signing.Payload(manifest.Manifest(subject, items, kind))
-    # Typed `str`, but handed straight to cryptography's loader, which takes bytes.
-    signature = sign_ec_key.Signer(key.path, key.password).sign(payload)  # type: ignore[arg-type]
+    if key.certificate is not None:
+        signer = key.certificate.signer(key.path, key.password)
+    else:  # typed `str`, but handed straight to cryptography's loader, which takes bytes
+        signer = sign_ec_key.Signer(key.path, key.password)  # type: ignore[arg-type]
+    signature = signer.sign(payload)
     fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=folder.parent)
     os.close(fd)
     try:
@@ -194,8 +229,9 @@ class SignatureCheck:
     note: str = ""
 
 
-def check_folder(folder: Path, policy: TrustPolicy, hashes: HashCache, subject: str) -> SignatureCheck:
-    """Check `folder`'s signature against the trusted keys without reading a weight file twice."""
+def check_folder(folder: Path, policy: TrustPolicy, hashes: HashCache, name: str) -> SignatureCheck:
+    """Check `folder`'s signature (for version `name`, `m/3`) against the trusted keys and roots
+    without reading a weight file twice."""
     sig_path = folder / SIGNATURE_NAME
     if not sig_path.is_file():
         if policy.required:
@@ -204,17 +240,24 @@ def check_folder(folder: Path, policy: TrustPolicy, hashes: HashCache, subject: 
     bundle, problem = _read_bundle(sig_path)
     if bundle is None:
         return SignatureCheck(f"signature: {SIGNATURE_NAME} is not a model signature ({problem})")
-    hint = bundle.verification_material.public_key.hint
-    candidates = [k for k in policy.keys if k.fingerprint == hint] if hint else list(policy.keys)
-    if not candidates:
-        return SignatureCheck(f"signature: signed by an untrusted key {short(hint)}")
-    expected, problem = _verified(bundle, candidates)
+    cert = bundle_certificate(bundle)
+    if cert is not None:
+        expected, problem = verify_certificate_bundle(bundle, policy.roots)
+        signer = f"certificate {subject_of(cert)}"
+    else:
+        key = bundle.verification_material.public_key
+        hint = key.hint if key is not None else ""
+        candidates = [k for k in policy.keys if k.fingerprint == hint] if hint else list(policy.keys)
+        if not candidates:
+            return SignatureCheck(f"signature: signed by an untrusted key {short(hint) or '(no key hint)'}")
+        expected, problem = _verified(bundle, candidates)
+        signer = f"key {short(hint or candidates[0].fingerprint)}"
     if expected is None:
         return SignatureCheck(f"signature: {problem}")
-    problems = _compare(folder, expected, hashes, subject)
+    problems = _compare(folder, expected, hashes, name)
     if problems:
         return SignatureCheck("signature: " + "; ".join(problems))
-    return SignatureCheck(note=f"signed by key {short(hint or candidates[0].fingerprint)}")
+    return SignatureCheck(note=f"signed by {signer}")
 
 
 def _read_bundle(path: Path) -> tuple[Any, str]:

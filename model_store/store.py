@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,8 @@ class ModelStore:
         self._trust: dict[str, TrustPolicy | None] = {}  # per model, over `trust`
         self.hashes = HashCache()
         self._lock = threading.Lock()
-        # (name, version) -> (fingerprint, status) for complete versions only.
-        self._looked: dict[tuple[str, int], tuple[tuple[Any, ...], VersionStatus]] = {}
+        # (name, version) -> (files' fingerprint, trust identity, status), complete versions only.
+        self._looked: dict[tuple[str, int], tuple[tuple[Any, ...], Any, VersionStatus]] = {}
 
     def __repr__(self) -> str:
         return f"ModelStore({self.location!r})"
@@ -162,9 +162,19 @@ class ModelStore:
         return folder
 
     # ---- trust ---------------------------------------------------------------------------
-    def set_trust(self, name: str, policy: TrustPolicy | None) -> None:
-        """The signatures one model's versions need (over the store's `trust`)."""
-        self._trust[check_name(name)] = policy
+    def set_trust(self, name: str, policy: TrustPolicy | None, keep: Iterable[int] = ()) -> None:
+        """The signatures one model's versions need (over the store's `trust`). Versions in
+        `keep` (the ones serving) keep a valid verdict they earned under the previous keys while
+        their files stay as they are: a key removed while serving refuses the next versions it
+        signed, not the version in memory (docs/security.md, "Rotation")."""
+        name = check_name(name)
+        identity = policy.identity if policy is not None else None
+        with self._lock:
+            self._trust[name] = policy
+            for version in keep:
+                cached = self._looked.get((name, version))
+                if cached is not None and cached[2].state is VersionState.VALID:
+                    self._looked[(name, version)] = (cached[0], identity, cached[2])
 
     def trust_for(self, name: str) -> TrustPolicy | None:
         return self._trust.get(name, self.trust)
@@ -181,19 +191,18 @@ class ModelStore:
         except StoreError as e:
             return VersionStatus(name, version, VersionState.PENDING, str(e))
         fingerprint = _fingerprint(folder, manifest)
-        if fingerprint is not None:  # a verdict holds for these files under these keys
-            trust = self.trust_for(name)
-            if trust is not None:  # a file added beside the signed ones must be seen
-                fingerprint += (trust.identity, tuple(sorted(os.listdir(folder))))
         if fingerprint is None:
             return VersionStatus(name, version, VersionState.PENDING, "files still arriving", manifest)
+        # A verdict holds for these files under these keys.
+        trust = self.trust_for(name)
+        identity = trust.identity if trust is not None else None
         with self._lock:
             cached = self._looked.get((name, version))
-        if cached and cached[0] == fingerprint:
-            return cached[1]
+        if cached and cached[:2] == (fingerprint, identity):
+            return cached[2]
         status = self._examine(folder, manifest)
         with self._lock:
-            self._looked[(name, version)] = (fingerprint, status)
+            self._looked[(name, version)] = (fingerprint, identity, status)
         return status
 
     def _examine(self, folder: Path, manifest: Manifest) -> VersionStatus:
@@ -353,8 +362,13 @@ def reserve_version(model_dir: Path) -> tuple[int, Path]:
 
 
 def _fingerprint(folder: Path, manifest: Manifest) -> tuple[Any, ...] | None:
-    """(size, mtime) of the manifest, every listed file and the signature (if any); None while a
-    listed file is missing or short."""
+    """(size, mtime) of the manifest, every listed file and the signature (if any), and the
+    folder's listing (a file added beside signed ones must be seen); None while a listed file is
+    missing or short."""
+    try:
+        listing: list[Any] = sorted(os.listdir(folder))
+    except OSError:
+        return None
     try:
         st = (folder / SIGNATURE_NAME).stat()
         parts: list[Any] = [(SIGNATURE_NAME, st.st_size, st.st_mtime_ns)]
@@ -368,7 +382,7 @@ def _fingerprint(folder: Path, manifest: Manifest) -> tuple[Any, ...] | None:
         if want is not None and st.st_size != want:
             return None
         parts.append((rel, st.st_size, st.st_mtime_ns))
-    return tuple(parts)
+    return (*parts, tuple(listing))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_store import ModelStore, StoreError, VersionState, VersionStatus
-from model_store.signing import SIGNATURE_NAME, SigningKey, TrustPolicy, short
+from model_store.signing import SIGNATURE_NAME, SigningKey, TrustPolicy
 
 
 def _age(created_at: str) -> str:
@@ -54,13 +54,16 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _trust(args: argparse.Namespace) -> TrustPolicy | None:
-    """`--trust-key` given: list and verify as a server requiring those keys' signatures would."""
-    return TrustPolicy.from_files(args.trust_key) if args.trust_key else None
+    """`--trust-key`/`--trust-root` given: list and verify as a server requiring them would."""
+    if not args.trust_key and not args.trust_root:
+        return None
+    return TrustPolicy.from_files(args.trust_key or [], roots=args.trust_root or [])
 
 
-def _signing_key(path: Path) -> SigningKey:
+def _signing_key(path: Path, certificate: Path | None, chain: list[Path] | None) -> SigningKey:
     # A password on the command line would land in shell history and `ps`: the environment only.
-    return SigningKey.load(path, os.environ.get("MODELDOCK_SIGNING_KEY_PASSWORD") or None)
+    password = os.environ.get("MODELDOCK_SIGNING_KEY_PASSWORD") or None
+    return SigningKey.load(path, password, certificate=certificate, chain=chain or ())
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -113,7 +116,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise StoreError(f"bad argument: {e}") from None
     store = ModelStore(args.store, trust_pickle=args.trust_pickle)  # fail fast on a bad store path
-    key = _signing_key(args.sign_key) if args.sign_key else None  # and on a bad key, before exporting
+    if (args.sign_cert or args.sign_chain) and not args.sign_key:
+        raise StoreError("--sign-cert and --sign-chain need --sign-key")
+    # And on a bad key or certificate, before exporting.
+    key = _signing_key(args.sign_key, args.sign_cert, args.sign_chain) if args.sign_key else None
     formats = check_formats(tuple(args.formats.split(",")), args.trust_pickle)
     model = build_model(ModelFactory(args.factory, kwargs))
     ckpt = load_checkpoint(args.checkpoint)
@@ -134,7 +140,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     )
     landed = [a["format"] for a in store.manifest(args.name, version)["artifacts"]]
     refused = [f for f in formats if f not in landed]  # an export torch could not produce (logged)
-    signed = f", signed by key {short(key.fingerprint)}" if key else ""
+    signed = f", signed by {key.signer_name}" if key else ""
     print(f"published {args.name}:{version} to {store.location} ({', '.join(landed)}{signed})")
     if refused:
         print(f"refused formats: {', '.join(refused)} (see the warning above)")
@@ -146,8 +152,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     name, _, version = args.target.partition(":")
     if not version:
         raise StoreError(f"sign needs NAME:VERSION, got {args.target!r}")
-    fp = store.sign(name, version, _signing_key(args.key))
-    print(f"signed {name}:{version} in {store.location} with key {short(fp)} ({SIGNATURE_NAME})")
+    key = _signing_key(args.key, args.cert, args.chain)
+    store.sign(name, version, key)
+    print(f"signed {name}:{version} in {store.location} by {key.signer_name} ({SIGNATURE_NAME})")
     return 0
 
 
@@ -196,17 +203,24 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("demo", "train the digits demo and publish two versions").add_argument("--epochs", type=int, default=12)
-    trust_help = "PEM public key whose signatures are required (repeatable): check as such a server would"
-    add("ls", "list models and versions").add_argument("--trust-key", action="append", type=Path, help=trust_help)
+
+    def trust_arguments(sp: argparse.ArgumentParser) -> None:
+        what = "whose signatures are required (repeatable): check as such a server would"
+        sp.add_argument("--trust-key", action="append", type=Path, help=f"PEM public key {what}")
+        sp.add_argument("--trust-root", action="append", type=Path, help=f"PEM CA certificate {what}")
+
+    trust_arguments(add("ls", "list models and versions"))
     v = add("verify", "verify NAME or NAME:VERSION")
     v.add_argument("target")
     v.add_argument("--trust-pickle", action="store_true")
-    v.add_argument("--trust-key", action="append", type=Path, help=trust_help)
+    trust_arguments(v)
     sig = add("sign", "sign a version already in the store (model.sig, OpenSSF model signing)")
     sig.add_argument("target", help="NAME:VERSION")
     sig.add_argument(
         "--key", type=Path, required=True, help="ECDSA private key (PEM); password: $MODELDOCK_SIGNING_KEY_PASSWORD"
     )
+    sig.add_argument("--cert", type=Path, help="the key's X.509 certificate (PEM), for servers that trust a CA")
+    sig.add_argument("--chain", action="append", type=Path, help="intermediate certificate (PEM), repeatable")
     pub = add("publish", "publish a checkpoint or state_dict file as a new version")
     pub.add_argument("checkpoint", type=Path)
     pub.add_argument("--name", required=True)
@@ -221,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--metric", action="append", default=[], help="NAME=VALUE, repeatable")
     pub.add_argument("--trust-pickle", action="store_true")
     pub.add_argument("--sign-key", type=Path, help="ECDSA private key (PEM) that signs the version")
+    pub.add_argument("--sign-cert", type=Path, help="the signing key's X.509 certificate (PEM)")
+    pub.add_argument("--sign-chain", action="append", type=Path, help="intermediate certificate (PEM), repeatable")
     mar = add("import-mar", "publish a TorchServe model archive (.mar) as a new verified version")
     mar.add_argument("archive", type=Path)
     mar.add_argument("--name", help="model name in the store (default: the archive's)")

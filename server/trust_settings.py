@@ -6,6 +6,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from model_store import StoreError
+from model_store.certificates import TrustRoot
 from model_store.signing import PublicKey, TrustPolicy
 
 from .settings_base import _CHECKED, _Checked
@@ -13,12 +14,15 @@ from .settings_base import _CHECKED, _Checked
 
 @dataclass(config=_CHECKED)
 class TrustConfig(_Checked):
-    """Whose signatures a model's versions need; no keys: signatures are not checked."""
+    """Whose signatures a model's versions need; no keys nor roots: signatures are not checked."""
 
     keys: list[str] = Field(default_factory=list)
     """PEM public keys (ECDSA) whose `model.sig` is accepted; several at once for a rotation."""
+    roots: list[str] = Field(default_factory=list)
+    """PEM CA certificates: a signature whose certificate chains to one of them is accepted."""
     required: bool | None = None
-    """Reject unsigned versions; unset: true when keys are given. A bad signature is always rejected."""
+    """Reject unsigned versions; unset: true when keys or roots are given. A bad signature is
+    always rejected."""
 
     @field_validator("keys")
     @classmethod
@@ -30,13 +34,23 @@ class TrustConfig(_Checked):
                 raise ValueError(str(e)) from None
         return value
 
+    @field_validator("roots")
+    @classmethod
+    def _roots_load(cls, value: list[str]) -> list[str]:
+        for path in value:
+            try:
+                TrustRoot.load(path)  # names the file: missing, unreadable, not a certificate
+            except StoreError as e:
+                raise ValueError(str(e)) from None
+        return value
+
     @model_validator(mode="after")
     def _required_has_keys(self) -> TrustConfig:
-        if self.required and not self.keys:
-            raise ValueError("trust.required: true needs at least one key in trust.keys")
+        if self.required and not self.keys and not self.roots:
+            raise ValueError("trust.required: true needs at least one key in trust.keys or a root in trust.roots")
         return self
 
     def policy(self) -> TrustPolicy | None:
-        if not self.keys:
+        if not self.keys and not self.roots:
             return None
-        return TrustPolicy.from_files(self.keys, self.required is not False)
+        return TrustPolicy.from_files(self.keys, self.required is not False, self.roots)

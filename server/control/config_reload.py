@@ -1,8 +1,9 @@
 """Version settings follow the config file while serving (TF Serving polls its model config too).
 
 When the file changes, it is read and checked whole; a file that does not check out changes
-nothing (logged with the reason). Per model, `policy`, `versions` and `labels` apply at the next
-poll; any other change is logged as needing a restart. Per replica: a Kubernetes ConfigMap update
+nothing (logged with the reason). Per model, `policy`, `versions`, `labels` and `trust` apply at
+the next poll (new keys judge the versions not yet in memory); any other change is logged as
+needing a restart. Per replica: a Kubernetes ConfigMap update
 reaches every pod, which is how a label moves cluster-wide.
 """
 
@@ -17,7 +18,7 @@ from ..config import ConfigError, ModelConfig, ServerConfig
 from .models import ModelControl
 
 log = logging.getLogger(__name__)
-LIVE = ("policy", "versions", "labels")  # applied while serving; the rest needs a restart
+LIVE = ("policy", "versions", "labels", "trust")  # applied while serving; the rest needs a restart
 
 
 class ConfigReload:

@@ -145,8 +145,12 @@ class ModelControl:
         )
 
     def reconfigure(self, cfg: ModelConfig) -> None:
-        """New version settings (policy, versions, labels) from a changed config file."""
+        """New version settings (policy, versions, labels, trust) from a changed config file."""
         self._at_once = (cfg.policy, cfg.labels) != (self.cfg.policy, self.cfg.labels)  # an operator's pin
+        if cfg.trust != self.cfg.trust:
+            # The versions in memory keep their verdict; a candidate on trial is checked anew.
+            serving = set(self.record.verdicts) - {self.record.candidate}
+            self.source.store.set_trust(cfg.name, cfg.trust.policy(), keep=serving)
         self.cfg = cfg
         if self.pinned is None:  # the operator's pin (admin API) holds until unpinned
             self.source.policy = VersionPolicy.parse(cfg.policy)

@@ -93,12 +93,13 @@ def test_a_trust_key_that_is_not_a_key_stops_the_start(tmp_path: Path) -> None:
     publish_tiny(store)
     junk = tmp_path / "junk.pub"
     junk.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
-    for keys, message in (
-        ([str(junk)], f"trust key {junk}: not a PEM public key"),
-        ([str(tmp_path / "gone.pub")], f"trust key {tmp_path / 'gone.pub'}: cannot be read"),
+    for trust, message in (
+        ({"keys": [str(junk)]}, f"trust key {junk}: not a PEM public key"),
+        ({"keys": [str(tmp_path / "gone.pub")]}, f"trust key {tmp_path / 'gone.pub'}: cannot be read"),
+        ({"roots": [str(junk)]}, f"trust root {junk}: not a PEM certificate"),
     ):
         cfg = tmp_path / "config.yaml"
-        cfg.write_text(json.dumps({"models": {"tiny": {"trust": {"keys": keys}}}}))
+        cfg.write_text(json.dumps({"models": {"tiny": {"trust": trust}}}))
         out = serve_refused(store.root, cfg, tmp_path)
         assert out.returncode == 2, out.stderr
         assert message in out.stderr and "models.tiny.trust" in out.stderr
