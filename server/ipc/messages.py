@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import numpy as np
 
 from model_store.manifest import Manifest
-from model_store.runtimes import Tensors
 
 from ..protocol import InferRequest
+
+if TYPE_CHECKING:  # runtimes imports torch, which a process that only passes messages never needs
+    from model_store.runtimes import Tensors
 
 
 @dataclass
