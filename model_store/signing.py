@@ -240,7 +240,10 @@ def check_folder(folder: Path, policy: TrustPolicy, hashes: HashCache, name: str
     bundle, problem = _read_bundle(sig_path)
     if bundle is None:
         return SignatureCheck(f"signature: {SIGNATURE_NAME} is not a model signature ({problem})")
-    cert = bundle_certificate(bundle)
+    try:
+        cert = bundle_certificate(bundle)
+    except ValueError as e:  # a chain whose DER does not parse
+        return SignatureCheck(f"signature: {SIGNATURE_NAME} is not a model signature (certificate: {e})")
     if cert is not None:
         expected, problem = verify_certificate_bundle(bundle, policy.roots)
         signer = f"certificate {subject_of(cert)}"

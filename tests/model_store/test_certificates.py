@@ -97,3 +97,18 @@ def test_certificate_signatures_interoperate_with_the_model_signing_cli(store: M
     assert signed.returncode == 0, signed.stdout + signed.stderr
     state, _, notes = status_under(store, int(theirs.name), TrustPolicy.from_files([], roots=[acme.root]))
     assert state is VersionState.VALID and "signed by certificate CN=training-ci" in notes
+
+
+def test_a_damaged_certificate_in_the_signature_is_a_rejection(store: ModelStore, acme: CertChain) -> None:
+    import base64
+    import json
+
+    v = publish_tiny(store, sign=signed_by(acme))
+    sig = store.path("tiny", v) / SIGNATURE_NAME
+    bundle = json.loads(sig.read_text())
+    bundle["verificationMaterial"]["x509CertificateChain"]["certificates"][0]["rawBytes"] = base64.b64encode(
+        b"not DER"
+    ).decode()
+    sig.write_text(json.dumps(bundle))
+    state, why, _ = status_under(store, v, TrustPolicy.from_files([], roots=[acme.root]))
+    assert state is VersionState.REJECTED and why.startswith("signature: model.sig is not a model signature")
