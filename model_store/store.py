@@ -366,7 +366,7 @@ def _fingerprint(folder: Path, manifest: Manifest) -> tuple[Any, ...] | None:
     folder's listing (a file added beside signed ones must be seen); None while a listed file is
     missing or short."""
     try:
-        listing: list[Any] = sorted(os.listdir(folder))
+        listing = sorted(os.listdir(folder))
     except OSError:
         return None
     try:

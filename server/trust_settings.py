@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from model_store import StoreError
@@ -24,22 +24,13 @@ class TrustConfig(_Checked):
     """Reject unsigned versions; unset: true when keys or roots are given. A bad signature is
     always rejected."""
 
-    @field_validator("keys")
+    @field_validator("keys", "roots")
     @classmethod
-    def _keys_load(cls, value: list[str]) -> list[str]:
+    def _files_load(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        load = PublicKey.load if info.field_name == "keys" else TrustRoot.load
         for path in value:
             try:
-                PublicKey.load(path)  # names the file: missing, unreadable, not a key
-            except StoreError as e:
-                raise ValueError(str(e)) from None
-        return value
-
-    @field_validator("roots")
-    @classmethod
-    def _roots_load(cls, value: list[str]) -> list[str]:
-        for path in value:
-            try:
-                TrustRoot.load(path)  # names the file: missing, unreadable, not a certificate
+                load(path)  # names the file: missing, unreadable, not a key / certificate
             except StoreError as e:
                 raise ValueError(str(e)) from None
         return value

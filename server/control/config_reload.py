@@ -3,8 +3,8 @@
 When the file changes, it is read and checked whole; a file that does not check out changes
 nothing (logged with the reason). Per model, `policy`, `versions`, `labels` and `trust` apply at
 the next poll (new keys judge the versions not yet in memory); any other change is logged as
-needing a restart. Per replica: a Kubernetes ConfigMap update
-reaches every pod, which is how a label moves cluster-wide.
+needing a restart. Per replica: a Kubernetes ConfigMap update reaches every pod, which is how a
+label moves cluster-wide.
 """
 
 from __future__ import annotations
