@@ -75,6 +75,7 @@ soak: $(BIN)/modeldock
 	$(BIN)/python -m bench.soak --minutes 10 --out docs
 	$(BIN)/python -m bench.swap_soak --promotions 200 --out docs
 	$(BIN)/python -m bench.model_soak --cycles 100 --out docs
+	$(BIN)/python -m bench.pool_soak --models 1000 --fit 50 --seconds 180 --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

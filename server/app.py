@@ -112,7 +112,8 @@ def build_server(
         raise StoreError(
             f"store {store.location} has no models; publish one (e.g. `modeldock demo --store {store.location}`)"
         )
-    configs = [cfg.model(n) for n in names]
+    budget = cfg.budget_bytes()  # set: the pool holds every model but the pinned, loaded on demand
+    configs = [cfg.model(n) for n in names if cfg.own_workers(n)]
     for mc in [*configs, cfg.defaults]:
         if mc.handler:
             try:
@@ -134,7 +135,7 @@ def build_server(
     pooled = cfg.pool_workers > 0
     if pooled:
         allowed = allow_rule(names if cfg.models else None, cfg.allow_models or ("" if cfg.models else "*"))
-        registry = Registry(store, board, cfg.model, make_control, allowed, control_loop.models)
+        registry = Registry(store, board, cfg.model, make_control, allowed, control_loop.models, bool(budget))
         control_loop.discover, control_loop.repository = registry.discover, registry.act
     pool_cfg = dataclasses.replace(cfg.defaults, name=POOL, workers=max(1, cfg.pool_workers))
     control_loop.workers = lambda name: next((c.workers for c in configs if c.name == name), cfg.pool_workers)
@@ -147,7 +148,9 @@ def build_server(
     ]
     if pooled:
         threads = default_threads(pool_cfg, total_workers, cfg.api_servers)
-        plans.append(WorkerPlan(pool_cfg, board, threads, watch_s, cfg.log_level.upper(), pool=True))
+        share = budget // cfg.pool_workers  # each pool worker holds its own copies: its share
+        level = cfg.log_level.upper()
+        plans.append(WorkerPlan(pool_cfg, board, threads, watch_s, level, True, share, cfg.load_timeout_s))
     sidecars: list[Sidecar] = []
     if cfg.grpc_port:
         grpc = GrpcSidecar(cfg.host, cfg.grpc_port, cfg.api_key, configs, board, cfg.grace_period_s)
@@ -155,7 +158,8 @@ def build_server(
         sidecars.append(grpc)
     consumers = cfg.api_servers + len(sidecars)  # every process that submits requests
     requests = {p.cfg.name: RequestChannel(consumers, p.cfg.workers, p.cfg.spin_ms / 1000) for p in plans}
-    responses = ResponseChannels(consumers, [(p.cfg.name, w) for p in plans for w in range(p.cfg.workers)])
+    writers = [(p.cfg.name, w) for p in plans for w in range(p.cfg.workers)]
+    responses = ResponseChannels(consumers, writers, [POOL] if budget else [])
 
     observers = build_observers(cfg, phase_of=board_phase(board))  # traces, payload log: off by default
 
@@ -189,6 +193,8 @@ def build_server(
 
     def on_shared_dict(shared: MutableMapping[str, Any]) -> None:
         supervisor.on_shared_dict(shared)
+        if budget:
+            registry.discover()  # the store's models are listed (available) before the pool starts
         if pooled:
             registry.publish()
 

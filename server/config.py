@@ -26,6 +26,7 @@ from pydantic.dataclasses import dataclass
 from model_store.policy import VersionPolicy
 
 from .control.version_set import VersionSet
+from .resources import parse_budget
 from .rollout_settings import RolloutConfig as RolloutConfig  # re-exported: part of the settings
 from .settings_base import _CHECKED, _T, _Checked, _fields
 from .settings_base import ConfigError as ConfigError
@@ -90,6 +91,9 @@ class ModelConfig(_Checked):
     """Largest request body in bytes; larger ones get 413."""
     max_rows_per_request: int = Field(default=65536, ge=1)
     """Most rows (batch entries) in one request; more get 413."""
+    pin: bool | None = None
+    """With `memory_budget`: true keeps the model loaded (never evicted); false serves a model of
+    `models:` from the pool, loaded on demand. Unset: the models of `models:` are pinned."""
 
     @field_validator("policy")
     @classmethod
@@ -181,6 +185,12 @@ class ServerConfig(_Checked):
     model when `models` is not set, none otherwise (docs/model-control.md)."""
     pool_workers: int = Field(default=1, ge=0)
     """Worker processes hosting the models added while serving; 0: none are added."""
+    memory_budget: str = ""
+    """Memory for the pool's models (docs/model-control.md): bytes (`2GiB`, `512MB`) or a share of
+    the memory limit (`60%`). Set, the pool loads a model on its first request and unloads the
+    least recently used idle one when a load would pass it; '' loads every model and keeps it."""
+    load_timeout_s: float = Field(default=10.0, gt=0)
+    """With `memory_budget`: how long a request waits for its model to load before 503 + Retry-After."""
     defaults: ModelConfig = Field(default_factory=ModelConfig)
     """Settings for every model that `models.<name>` does not override."""
 
@@ -200,11 +210,31 @@ class ServerConfig(_Checked):
             raise ValueError(f"log level {value!r} must be one of {list(LOG_LEVELS)}")
         return value
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget_parses(cls, value: str) -> str:
+        if value:
+            parse_budget(value)  # its ValueError names the forms
+        return value
+
     @model_validator(mode="after")
     def _admin_key_is_its_own(self) -> ServerConfig:
         if self.admin_api_key and self.admin_api_key == self.api_key:
             raise ValueError("admin_api_key must differ from api_key: an inference client must not get admin rights")
+        if self.memory_budget and not self.pool_workers:
+            raise ValueError("memory_budget needs pool_workers (the pool holds the models loaded on demand)")
         return self
+
+    def budget_bytes(self) -> int:
+        """The pool's memory budget in bytes; 0 when off."""
+        return parse_budget(self.memory_budget) if self.memory_budget else 0
+
+    def own_workers(self, name: str) -> bool:
+        """A model of the start-up set gets workers of its own (never evicted); with a budget
+        only those of `models:` without `pin: false` do, the others go to the pool."""
+        if not self.memory_budget:
+            return True
+        return any(m.name == name and m.pin is not False for m in self.models or [])
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models or []:

@@ -30,3 +30,8 @@ def not_found(message: str) -> ServingError:
 def unavailable(message: str, retry_after_s: int | None = None) -> ServingError:
     headers = {"retry-after": str(retry_after_s)} if retry_after_s is not None else None
     return ServingError(503, message, headers)
+
+
+def refused(status: int, error: str, retry_after_s: int = 0) -> ServingError:
+    """A worker's non-200 answer as the error the client gets (Retry-After when it said when)."""
+    return unavailable(error, retry_after_s) if retry_after_s else ServingError(status, error)

@@ -174,6 +174,31 @@ class Metrics:
             "Rollout outcomes: promoted, rejected (incl. rolled back), superseded",
             ["model", "result"],
         )
+        # The pool's memory budget (server/worker/on_demand.py).
+        self.cold_starts = Counter(
+            "modeldock_pool_cold_starts_total", "Loads on demand: a request came for a model not loaded", ["model"]
+        )
+        self.evictions = Counter(
+            "modeldock_pool_evictions_total", "Models unloaded to make room within the memory budget", ["model"]
+        )
+        self.cold_wait = Histogram(
+            "modeldock_pool_cold_start_wait_seconds",
+            "How long a request waited for its model to load on demand",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.pool_budget = Gauge(
+            "modeldock_pool_memory_budget_bytes",
+            "The memory budget of a pool worker",
+            ["worker"],
+            multiprocess_mode="mostrecent",
+        )
+        self.pool_used = Gauge(
+            "modeldock_pool_memory_used_bytes",
+            "Memory the models loaded in a pool worker take (measured at their load)",
+            ["worker"],
+            multiprocess_mode="mostrecent",
+        )
         self.loaded = Gauge(
             "modeldock_version_loaded",
             "1 while a version is loaded and answers on its own URL, 0 once unloaded",

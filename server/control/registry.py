@@ -37,9 +37,11 @@ class Registry:
         make_control: Callable[[ModelConfig], ModelControl],
         allowed: Callable[[str], bool],
         controls: dict[str, ModelControl],
+        on_demand: bool = False,
     ) -> None:
         self.store, self.board, self.model_config, self.make_control = store, board, model_config, make_control
         self.allowed = allowed
+        self.on_demand = on_demand  # a memory budget: the pool loads its models on first request
         self.controls = controls  # name -> decision point, shared with the control loop
         self.listings = {name: Listing(c.cfg, pool=False) for name, c in controls.items()}
         self.in_store: list[str] = sorted(controls)
@@ -92,12 +94,13 @@ class Registry:
         control.poll()
         self.board.aspire(name, control.record)  # before it is listed: a pool worker needs it at once
         self.controls[name] = control
-        self.listings[name] = Listing(cfg, pool=True)
-        log.info("%s: appeared in the store; serving it from the pool (version %s)", name, control.record.default)
+        self.listings[name] = Listing(cfg, pool=True, on_demand=self.on_demand and cfg.pin is not True)
+        how = "loaded on its first request" if self.listings[name].on_demand else "serving it from the pool"
+        log.info("%s: in the store; %s (version %s)", name, how, control.record.default)
 
     def _set_removed(self, name: str, reason: str) -> None:
         listing = self.listings[name]
-        self.listings[name] = Listing(listing.config, listing.pool, reason)
+        self.listings[name] = Listing(listing.config, listing.pool, reason, listing.on_demand)
         control = self.controls.get(name)
         if control is not None:
             control.removed = reason

@@ -69,6 +69,11 @@ class ModelDirectory(Generic[E]):
         static = self._static.get(name)
         return static.workers if static is not None else self.pool_workers
 
+    def on_demand(self, name: str) -> bool:
+        """Loaded on its first request within the memory budget (and may be evicted)."""
+        listing = self._fresh().get(name)
+        return listing is not None and listing.on_demand
+
     def removed_reason(self, name: str) -> str:
         listing = self._fresh().get(name)
         return listing.removed if listing is not None else ""

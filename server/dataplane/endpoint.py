@@ -16,7 +16,7 @@ from typing import Any
 from model_store.runtimes import Tensors
 
 from ..config import ModelConfig
-from ..errors import ServingError, unavailable
+from ..errors import ServingError, refused, unavailable
 from ..ipc.channels import OnAnswer, RequestChannel, ResponseChannels, WorkerLost
 from ..ipc.messages import Outcome, Queued, Work
 from ..protocol import InferRequest
@@ -97,7 +97,7 @@ class ModelEndpoint:
             seen.update(queue_s=outcome.queue_s, infer_s=outcome.infer_s, batch_rows=outcome.batch_rows)
             seen["outputs"] = outcome.outputs
         if outcome.status != 200 or outcome.outputs is None or outcome.version is None:
-            raise ServingError(outcome.status, outcome.error)
+            raise refused(outcome.status, outcome.error, outcome.retry_after_s)
         return outcome.version, outcome.outputs
 
     async def submit(self, work: Work, deadline_s: float | None = None) -> Outcome:

@@ -121,5 +121,17 @@ class Repository:
                 }
                 if record.note:
                     entry["reason"] = record.note
+                if ready and self.directory.on_demand(name):
+                    entry |= self._on_demand_state(name)
             out.append(entry)
         return out
+
+    def _on_demand_state(self, name: str) -> dict[str, Any]:
+        """Within the memory budget a model may be valid but not in memory: READY only while
+        loaded, else LOADING or UNAVAILABLE with the pool's reason (Triton's states)."""
+        records = self.board.records(name, self.directory.workers(name))
+        states = [r.get("state") for r in records]
+        if "ready" in states:
+            return {}
+        state = "LOADING" if "loading" in states else "UNAVAILABLE"
+        return {"state": state, "reason": next((str(r.get("reason")) for r in records if r.get("reason")), "")}

@@ -17,6 +17,7 @@ from ..ipc.messages import WorkerRecord
 from ..protocol import is_count
 from .directory import ModelDirectory
 
+_RANK = {"ready": 0, "loading": 1, "available": 2}  # a model loaded on demand: its best state first
 EXTENSIONS = [
     "binary_tensor_data",
     "model_repository_versions",
@@ -61,7 +62,12 @@ class ServingStatus:
         return self.directory.models
 
     def records(self, name: str) -> list[WorkerRecord]:
-        return self.board.records(name, self.directory.workers(name))
+        """One per worker of the model; for a model loaded on demand (held by some pool workers
+        only), the most ready first: what it answers with is what readiness and metadata show."""
+        records = self.board.records(name, self.directory.workers(name))
+        if self.directory.on_demand(name):
+            records.sort(key=lambda r: _RANK.get(str(r.get("state")), len(_RANK)))
+        return records
 
     def check_served(self, name: str) -> None:
         """404 for a model not served now, saying why (removed, or never known)."""
@@ -73,9 +79,11 @@ class ServingStatus:
     # ---- readiness ---------------------------------------------------------------------------
     def ready(self, name: str, version: int | None = None) -> bool:
         """The default version (or `version`) is ready in every worker of the model."""
+        records = self.records(name)
+        held = any if self.directory.on_demand(name) else all  # on demand: loaded in one pool worker
         if version is None:
-            return all(r.get("state") == "ready" for r in self.records(name))
-        return all(r.get("loaded", {}).get(str(version)) == "ready" for r in self.records(name))
+            return held(r.get("state") == "ready" for r in records)
+        return held(r.get("loaded", {}).get(str(version)) == "ready" for r in records)
 
     def waiting_for(self) -> list[str]:
         """The models the config requires that are not ready yet (server readiness: none)."""
@@ -122,7 +130,7 @@ class ServingStatus:
             if state != "ready":
                 raise unavailable(f"version {version} of model {name!r} is {state}")
         holder = next((r for r in records if shown in r.get("signatures", {})), None) if shown else None
-        signature = holder["signatures"][shown] if holder and shown else {"inputs": [], "outputs": []}
+        signature = holder["signatures"][shown] if holder and shown else self._manifest_signature(name)
         properties: dict[str, Any] = {
             "state": first.get("state"),
             "version_policy": self.models[name].policy,
@@ -150,3 +158,13 @@ class ServingStatus:
             signature["outputs"],
             properties,
         )
+
+    def _manifest_signature(self, name: str) -> dict[str, Any]:
+        """A model not loaded (on demand): the signature its manifest declares, when no handler
+        changes what clients send."""
+        empty: dict[str, Any] = {"inputs": [], "outputs": []}
+        if not self.directory.on_demand(name) or self.models[name].handler:
+            return empty
+        record = self.board.aspired(name)
+        verdict = record.verdict if record is not None else None
+        return verdict.manifest.signature.to_dict() if verdict is not None else empty

@@ -133,6 +133,7 @@ GRPC_CODES = {
     501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
+    507: "RESOURCE_EXHAUSTED",  # a model larger than the memory budget
 }
 
 

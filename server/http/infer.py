@@ -17,7 +17,7 @@ import orjson
 
 from ..dataplane.endpoint import ModelEndpoint, settle
 from ..dataplane.events import RequestEvent
-from ..errors import ServingError, not_found
+from ..errors import ServingError, not_found, refused
 from ..ipc.messages import Outcome, Work
 from ..metrics import metrics
 from ..protocol import HEADER_LENGTH, InferRequest, decode_infer, decode_instances, encode_infer, is_count
@@ -26,6 +26,7 @@ from .replies import Reply, error_reply
 
 log = logging.getLogger(__name__)
 VERSION_HEADER = "x-model-version"  # the body says it too; the header serves proxies and logs
+COLD_START_HEADER = "x-model-cold-start-ms"  # waited for the model to load (memory_budget)
 
 
 class InferHandler(ModelEndpoint):
@@ -98,9 +99,11 @@ class InferHandler(ModelEndpoint):
                 seen.update(queue_s=outcome.queue_s, infer_s=outcome.infer_s, batch_rows=outcome.batch_rows)
                 seen["outputs"] = outcome.outputs
                 if outcome.status != 200 or outcome.outputs is None or outcome.version is None:
-                    raise ServingError(outcome.status, outcome.error)
+                    raise refused(outcome.status, outcome.error, outcome.retry_after_s)
                 content, extra = encode_infer(name, outcome.version, req, outcome.outputs)
                 extra[VERSION_HEADER] = str(outcome.version)
+                if outcome.cold_start_s:
+                    extra[COLD_START_HEADER] = f"{outcome.cold_start_s * 1000:.1f}"
                 reply = Reply(200, content, extra, str(outcome.version))
             except ServingError as e:
                 reply, seen["error"] = error_reply(e), e.message
@@ -145,7 +148,7 @@ class InferHandler(ModelEndpoint):
                     Work(InferRequest({}, rows=len(instances)), None, None, self.cfg.name, instances)
                 )
                 if outcome.status != 200 or outcome.version is None:
-                    raise ServingError(outcome.status, outcome.error)
+                    raise refused(outcome.status, outcome.error, outcome.retry_after_s)
                 content = orjson.dumps({"predictions": outcome.payload}, option=orjson.OPT_SERIALIZE_NUMPY)
                 reply = Reply(
                     200,

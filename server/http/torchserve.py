@@ -24,7 +24,7 @@ from ..dataplane.auth import check_admin_key
 from ..dataplane.events import RequestEvent
 from ..dataplane.repository import Repository
 from ..dataplane.status import ServingStatus
-from ..errors import ServingError, not_found
+from ..errors import ServingError, not_found, refused
 from ..ipc.messages import Work
 from ..protocol import InferRequest, is_count
 from .encoding import decode_content
@@ -120,7 +120,7 @@ async def _predictions(
             work.torchserve = True
             outcome = await endpoint.submit(work)
         if outcome.status != 200 or outcome.version is None:
-            raise ServingError(outcome.status, outcome.error)
+            raise refused(outcome.status, outcome.error, outcome.retry_after_s)
     except ServingError as e:
         return ts_error(e)
     answer = outcome.payload[0] if endpoint.cfg.handler else outcome.payload

@@ -27,7 +27,7 @@ import select
 import struct
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from multiprocessing.connection import Connection
 from queue import Empty
 from typing import Any
@@ -250,9 +250,12 @@ class ResponseChannels:
     single writer and needs no lock (a lock held by a killed worker would stop its
     replacement, which writes to the same pipe)."""
 
-    def __init__(self, consumers: int, writers: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, consumers: int, writers: Sequence[tuple[str, int]], out_of_order: Collection[str] = ()) -> None:
         self._slots = {w: i for i, w in enumerate(writers)}  # (model, worker index) -> pipe index
-        self._single = {m for m, n in Counter(model for model, _ in writers).items() if n == 1}
+        # A model's only worker answers in order, unless it holds requests back (`out_of_order`:
+        # the pool within a memory budget parks requests while their model loads).
+        single = {m for m, n in Counter(model for model, _ in writers).items() if n == 1}
+        self._single = single - set(out_of_order)
         pipes = [[_CTX.Pipe(duplex=False) for _ in writers] for _ in range(consumers)]
         self._readers: list[list[Connection]] = [[r for r, _ in row] for row in pipes]
         self._writers: list[list[Connection]] = [[w for _, w in row] for row in pipes]

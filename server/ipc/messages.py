@@ -44,6 +44,8 @@ class Outcome:
     infer_s: float = 0.0  # the batch's compute time
     batch_rows: int = 0  # rows in the batch it ran in
     payload: Any = None  # the v1 route's `predictions`
+    retry_after_s: int = 0  # with a 503: when to try again (a model still loading on demand)
+    cold_start_s: float = 0.0  # waited for its model to load on demand (within queue_s)
 
 
 class Queued(NamedTuple):
@@ -143,7 +145,19 @@ def unpack_queued(t: tuple[Any, ...]) -> Queued:
 
 def pack_answers(answers: list[Answer]) -> list[tuple[Any, ...]]:
     return [
-        (uid, o.status, o.version, pack_tensors(o.outputs), o.error, o.queue_s, o.infer_s, o.batch_rows, o.payload)
+        (
+            uid,
+            o.status,
+            o.version,
+            pack_tensors(o.outputs),
+            o.error,
+            o.queue_s,
+            o.infer_s,
+            o.batch_rows,
+            o.payload,
+            o.retry_after_s,
+            o.cold_start_s,
+        )
         for uid, o in answers
     ]
 
@@ -202,6 +216,7 @@ class Listing:
     config: Any  # its ModelConfig
     pool: bool  # hosted by the pool workers (added while serving), not by workers of its own
     removed: str = ""  # why it is not served any more ("" while served)
+    on_demand: bool = False  # within the memory budget: loaded on first request, may be evicted
 
 
 class WorkerRecord(TypedDict, total=False):

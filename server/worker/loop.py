@@ -118,6 +118,7 @@ class BatchCollector:
         self.requests, self.max_rows, self.wait_s = requests, max_rows, wait_s
         self._held: Queued | None = None
         self.dropped: list[tuple[Queued, str, Outcome]] = []
+        self.idle_wait_s = IDLE_WAIT_S  # shorter while a model loads on demand (its requests wait)
 
     def _get(self, timeout: float | None, block: bool = True) -> Queued | None:
         while True:
@@ -125,12 +126,13 @@ class BatchCollector:
                 item = self.requests.get(block=block, timeout=timeout)
             except Empty:
                 return None
-            why = self._dead(item)
+            why = self.dead(item)
             if why is None:
                 return item
             self.dropped.append((item, *why))
 
-    def _dead(self, item: Queued) -> tuple[str, Outcome] | None:
+    def dead(self, item: Queued) -> tuple[str, Outcome] | None:
+        """Why a request is not to be run (its client left, its deadline passed), or None."""
         gone = self.requests.cancelled(item.consumer, item.uid)
         deadline = item.work.deadline
         if deadline and time.monotonic() >= deadline:  # a call past its deadline is cancelled too
@@ -141,10 +143,10 @@ class BatchCollector:
 
     def collect(self) -> list[Queued]:
         held, self._held = self._held, None
-        if held is not None and (why := self._dead(held)) is not None:  # cancelled while held
+        if held is not None and (why := self.dead(held)) is not None:  # cancelled while held
             self.dropped.append((held, *why))
             held = None
-        first = held or self._get(IDLE_WAIT_S)  # blocks: no idle spin
+        first = held or self._get(self.idle_wait_s)  # blocks: no idle spin
         if first is None:
             return []
         items, rows = [first], first.work.request.rows

@@ -18,10 +18,11 @@ from typing import Any
 from ..config import ModelConfig
 from ..ipc.board import Board
 from ..ipc.drain import ignore_termination
-from ..ipc.messages import Outcome, Queued, Work
+from ..ipc.messages import Listing, Outcome, Queued, Work
 from ..metrics import metrics
 from .loader import Loader, Servable
-from .loop import CLIENT_GONE, DEADLINE, Answers, BatchCollector, Requests, answer, run_batch
+from .loop import CLIENT_GONE, DEADLINE, IDLE_WAIT_S, Answers, BatchCollector, Requests, answer, run_batch
+from .on_demand import LOADING_WAIT_S, OnDemand
 from .servables import Servables
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class WorkerPlan:
     watch_s: float
     log_level: str = "INFO"
     pool: bool = False
+    budget: int = 0  # a pool worker's memory budget in bytes (0: every pool model loaded, kept)
+    load_timeout_s: float = 10.0  # how long a request waits for a load on demand
 
 
 class ModelWorker:
@@ -48,6 +51,9 @@ class ModelWorker:
         self._collector: BatchCollector | None = None
         self._busy_since = 0.0
         self._children: dict[str, tuple[Any, Any, Any]] = {}
+        self._hosting = threading.Lock()  # the pool's watcher and the batch loop both change `hosted`
+        self.listings: dict[str, Listing] = {}  # the pool's registry, as last read
+        self.on_demand: OnDemand | None = None
 
     @classmethod
     def start(cls, plan: WorkerPlan, index: int) -> ModelWorker:
@@ -61,6 +67,8 @@ class ModelWorker:
         ignore_termination()
         try:
             if plan.pool:
+                if plan.budget:
+                    worker.on_demand = OnDemand(worker, plan.board, index, plan.budget, plan.load_timeout_s)
                 worker._follow_pool()
                 threading.Thread(target=worker._watch_pool, name="pool", daemon=True).start()
             else:
@@ -70,7 +78,23 @@ class ModelWorker:
         threading.Thread(target=worker._watchdog, name="inference-watchdog", daemon=True).start()
         return worker
 
-    def _servables(self, cfg: ModelConfig) -> Servables:
+    # ---- what OnDemand needs (its Host) ----------------------------------------------------------
+    def host(self, name: str, servables: Servables | None) -> None:
+        with self._hosting:
+            hosted = dict(self.hosted)
+            if servables is None:
+                hosted.pop(name, None)
+            else:
+                hosted[name] = servables
+            self.hosted = hosted  # one assignment: the batch loop sees the old or the new dict
+
+    def make_servables(self, cfg: ModelConfig) -> Servables:
+        return self._servables(cfg, start=False)
+
+    def hosted_models(self) -> dict[str, Servables]:
+        return self.hosted
+
+    def _servables(self, cfg: ModelConfig, start: bool = True) -> Servables:
         m, index = metrics(), self.index
         servables = Servables(cfg, self.plan.board, index, Loader(cfg, self.plan.threads), self.plan.watch_s)
 
@@ -89,7 +113,8 @@ class ModelWorker:
             shown.update(loaded)
 
         servables.on_reload, servables.on_versions = on_reload, on_versions
-        servables.start()
+        if start:
+            servables.start()
         return servables
 
     # ---- the pool: models added while serving ---------------------------------------------------
@@ -97,18 +122,26 @@ class ModelWorker:
         """Host every pool model the registry lists; a removed one unloads itself (its record).
         True while a removed one still drains (it is dropped once idle)."""
         listed = {name: listing for name, listing in self.plan.board.models().items() if listing.pool}
-        hosted = dict(self.hosted)
+        self.listings = listed
+        on_demand = self.on_demand
         for name, listing in listed.items():
-            if name not in hosted and not listing.removed:
-                hosted[name] = self._servables(listing.config)
+            if name in self.hosted or listing.removed:
+                continue
+            if on_demand is None:
+                self.host(name, self._servables(listing.config))
+            elif not listing.on_demand:  # pinned in the pool: loaded now, never evicted
+                self.host(name, on_demand.load_pinned(listing.config))
+        if on_demand is not None:
+            on_demand.listed(listed)
         pending = False
-        for name, servables in list(hosted.items()):
+        for name, servables in list(self.hosted.items()):
             gone = name not in listed or listed[name].removed
             if gone and servables.idle:  # removed, and drained: its watcher ends with it
                 servables.stop()
-                del hosted[name]
-            pending = pending or (bool(gone) and name in hosted)
-        self.hosted = hosted  # one assignment: the batch loop sees the old or the new dict
+                self.host(name, None)
+                if on_demand is not None:
+                    on_demand.forget(name)
+            pending = pending or (bool(gone) and name in self.hosted)
         return pending
 
     def _watch_pool(self) -> None:
@@ -132,19 +165,44 @@ class ModelWorker:
         if self._collector is None:
             self._collector = BatchCollector(requests, self.cfg.max_batch_size, self.cfg.batch_timeout_s)
         started = time.monotonic()
+        on_demand = self.on_demand
+        if on_demand is not None:
+            self._collector.idle_wait_s = LOADING_WAIT_S if on_demand.busy else IDLE_WAIT_S
         items = self._collector.collect()
         if self._collector.dropped:
             self._drop(self._collector.dropped, answers)
         hosted = self.hosted
         for servables in hosted.values():
             servables.swap_if_ready()  # between batches: a batch never sees a half-changed set
+        if on_demand is not None:
+            for item in items:  # what this batch needs is not what room is made from
+                on_demand.touch(item.work.model or self.cfg.name, started)
+            ready, settled = on_demand.round(time.monotonic(), self._collector.dead)
+            if settled:
+                answer([s[0] for s in settled], [s[1] for s in settled], answers, (self.cfg.name, self.index))
+            items = ready + items  # parked requests whose model is loaded now: they waited longest
         if items:
             results = self.handle(items)
-            answer(items, [outcome for _, outcome in results], answers, (self.cfg.name, self.index))
+            if on_demand is not None and on_demand.waited:
+                self._cold_started(items, results, on_demand.waited)
+            done = [i for i, result in enumerate(results) if result is not None]  # not parked
+            answer([items[i] for i in done], [results[i][1] for i in done], answers, (self.cfg.name, self.index))  # type: ignore[index]
             self._shadow(items, results)  # after the answers are on their way
         for servables in hosted.values():
             # An empty round waited with nothing queued: nothing from before it is still waiting.
             servables.drained(None if items else started)
+
+    @staticmethod
+    def _cold_started(
+        items: list[Queued],
+        results: list[tuple[Servable | Outcome, Outcome] | None],
+        waited: dict[tuple[int, int], float],
+    ) -> None:
+        """Tell the requests that waited for their model's load how long (a response header)."""
+        for item, result in zip(items, results, strict=True):
+            wait = waited.pop((item.consumer, item.uid), None)
+            if wait is not None and result is not None:
+                result[1].cold_start_s = wait
 
     def _drop(self, dropped: list[tuple[Queued, str, Outcome]], answers: Answers) -> None:
         """Answer requests dropped unrun (their client is not waiting) and count them."""
@@ -154,8 +212,9 @@ class ModelWorker:
         answer([d[0] for d in dropped], [d[2] for d in dropped], answers, (self.cfg.name, self.index))
         dropped.clear()
 
-    def handle(self, items: list[Queued]) -> list[tuple[Servable | Outcome, Outcome]]:
-        """(target, outcome) per request; each model's requests run as their own batch."""
+    def handle(self, items: list[Queued]) -> list[tuple[Servable | Outcome, Outcome] | None]:
+        """(target, outcome) per request, None for one parked until its model loads; each
+        model's requests run as their own batch."""
         now = self._busy_since = time.monotonic()
         results: list[tuple[Servable | Outcome, Outcome] | None] = [None] * len(items)
         groups: dict[str, list[int]] = {}
@@ -167,14 +226,24 @@ class ModelWorker:
                     results[i] = result
         finally:
             self._busy_since = 0.0
-        return [r for r in results if r is not None]
+        return results
 
-    def _handle_model(self, model: str, items: list[Queued], now: float) -> list[tuple[Servable | Outcome, Outcome]]:
+    def _handle_model(
+        self, model: str, items: list[Queued], now: float
+    ) -> list[tuple[Servable | Outcome, Outcome] | None]:
         queue_wait, batch_size, inference = self._batch_metrics(model)
         servables = self.hosted.get(model)
         if servables is None:
+            listing = self.listings.get(model)
+            if self.on_demand is not None and listing is not None and listing.on_demand and not listing.removed:
+                refused = self.on_demand.park(listing.config, items)
+                if refused is None:
+                    return [None] * len(items)  # answered once the model is loaded
+                return [(o, o) for o in refused]
             gone = Outcome(404, error=f"model {model!r} is not served here")
             return [(gone, gone) for _ in items]
+        if self.on_demand is not None:
+            self.on_demand.touch(model, now)
         for item in items:
             queue_wait.observe(now - item.enqueued_at)
         works = [item.work for item in items]
@@ -208,15 +277,15 @@ class ModelWorker:
                 outcomes[i] = outcome
         return outcomes
 
-    def _shadow(self, items: list[Queued], results: list[tuple[Servable | Outcome, Outcome]]) -> None:
+    def _shadow(self, items: list[Queued], results: list[tuple[Servable | Outcome, Outcome] | None]) -> None:
         for servables in self.hosted.values():
             shadow = servables.shadow
             if shadow is None or shadow.serving.handler is not None:
                 continue  # a handler's answers are not the model's tensors: its examples decide
-            done = [i for i, (t, o) in enumerate(results) if t is shadow.serving and o.outputs is not None]
+            done = [i for i, r in enumerate(results) if r and r[0] is shadow.serving and r[1].outputs is not None]
             if done:
                 works = [items[i].work for i in done]
-                outputs = [results[i][1].outputs for i in done]
+                outputs = [results[i][1].outputs for i in done]  # type: ignore[index]
                 seconds = servables.last_seconds.get(shadow.serving.version, 0.0)
                 shadow.after_batch(works, outputs, seconds)  # type: ignore[arg-type]
 

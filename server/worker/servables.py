@@ -80,10 +80,18 @@ class Servables:
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Load the aspired versions now (the worker is not ready before), then watch."""
+        self.load_now()
+        self.watch()
+
+    def load_now(self) -> None:
+        """Load and put in service the aspired versions, before the batch loop sees this."""
         self._publish("loading")
         self.refresh()
         self.swap_if_ready()
         self._publish()
+
+    def watch(self) -> None:
+        """From now on a watcher thread follows the supervisor's decisions."""
         threading.Thread(target=self._watch, name=f"watch-{self.cfg.name}", daemon=True).start()
 
     def stop(self) -> None:
@@ -266,6 +274,8 @@ class Servables:
 
     # ---- status board ---------------------------------------------------------------------
     def _publish(self, state: str | None = None) -> None:
+        if self._stopped:
+            return  # unloaded (evicted, or its model left): the record is no longer its own
         cur, aspired = self.current, self._aspired
         rejected = {str(v): r for v, r in aspired.rejected.items()}
         rejected |= {str(v): r for v, (_, r) in self._failed.items()}

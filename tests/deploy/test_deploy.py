@@ -52,6 +52,8 @@ COUNTERS = {
     "modeldock_model_reloads_total",
     "modeldock_rollout_decisions_total",
     "modeldock_cancelled_requests_total",
+    "modeldock_pool_cold_starts_total",
+    "modeldock_pool_evictions_total",
 }
 HISTOGRAMS = {
     "modeldock_request_duration_seconds",
@@ -59,6 +61,7 @@ HISTOGRAMS = {
     "modeldock_batch_size",
     "modeldock_inference_seconds",
     "modeldock_version_load_seconds",
+    "modeldock_pool_cold_start_wait_seconds",
 }
 GAUGES = {
     "modeldock_model_version",
@@ -67,6 +70,8 @@ GAUGES = {
     "modeldock_rollout_agreement",
     "modeldock_rollout_latency_ratio",
     "modeldock_rollout_candidate_failures",
+    "modeldock_pool_memory_budget_bytes",
+    "modeldock_pool_memory_used_bytes",
 }
 METRICS = COUNTERS | HISTOGRAMS | GAUGES
 # The gRPC service's own (server/grpc/servicer.py).

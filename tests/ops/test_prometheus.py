@@ -229,7 +229,9 @@ def test_every_dashboard_panel_and_alert_rule_works_on_real_metrics(
     assert "tiny" in prom.api("label/model/values", **{"match[]": "modeldock_requests_total"})
     empty = []
     for title, expr in panel_queries():
-        values = [float(r["value"][1]) for r in prom.query(expr)]
+        values = [float(r["value"][1]) for r in prom.query(expr)]  # every query parses and runs
+        if title.startswith("Memory budget"):
+            continue  # this server has no memory_budget (its series: tests/server/test_memory_budget.py)
         if not any(math.isfinite(v) for v in values):
             empty.append(f"{title}: {expr} -> {values}")
     assert not empty, "panels without data:\n" + "\n".join(empty)

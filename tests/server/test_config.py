@@ -31,6 +31,7 @@ MODEL_KEYS = [
     "max_queued_requests",
     "max_request_bytes",
     "max_rows_per_request",
+    "pin",
     "policy",
     "rollout",
     "spin_ms",
@@ -230,3 +231,31 @@ def test_trust_keys_merge_by_key_and_required_needs_a_key(tmp_path: Path) -> Non
         build({"models": {"m": {"trust": {"required": True}}}}, {}, {})
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['key'\]; did you mean \['keys'\]"):
         build({"models": {"m": {"trust": {"key": [str(pub)]}}}}, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [("512MiB", 512 << 20), ("2GB", 2 * 10**9), ("1073741824", 1 << 30), ("1.5GiB", 3 << 29)],
+)
+def test_memory_budget_in_bytes_with_units(value: str, size: int) -> None:
+    assert build({"memory_budget": value}, {}, {}).budget_bytes() == size
+
+
+def test_memory_budget_as_a_share_of_the_memory_limit_and_bad_forms_named() -> None:
+    from server.resources import memory_limit
+
+    limit = memory_limit()
+    assert limit is not None and build({}, {"MODELDOCK_MEMORY_BUDGET": "50%"}, {}).budget_bytes() == limit // 2
+    for bad, says in [("lots", "must be bytes"), ("0%", "percentage above 0"), ("12", "under 1 MiB")]:
+        with pytest.raises(ConfigError, match=says):
+            build({"memory_budget": bad}, {}, {})
+    with pytest.raises(ConfigError, match="memory_budget needs pool_workers"):
+        build({"memory_budget": "1GiB", "pool_workers": 0}, {}, {})
+
+
+def test_with_a_budget_only_the_listed_models_not_unpinned_get_workers_of_their_own() -> None:
+    file = {"memory_budget": "1GiB", "models": {"a": {}, "b": {"pin": False}}}
+    cfg = build(file, {}, {})
+    assert [cfg.own_workers(n) for n in ("a", "b", "c")] == [True, False, False]
+    unbudgeted = build({"models": {"a": {}, "b": {"pin": False}}}, {}, {})
+    assert unbudgeted.own_workers("b") and unbudgeted.budget_bytes() == 0

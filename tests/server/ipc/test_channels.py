@@ -136,6 +136,9 @@ def test_requests_and_answers_cross_with_every_field_and_writable_arrays() -> No
     assert (answer.status, answer.version, answer.queue_s, answer.infer_s, answer.batch_rows, answer.payload) == (
         200, 2, 0.1, 0.2, 3, {"p": 1}
     )  # fmt: skip
+    waited = Outcome(503, error="still loading", retry_after_s=10, cold_start_s=0.25)
+    [(_, back_waited)] = unpack_answers(pack_answers([(1, waited)]))
+    assert (back_waited.retry_after_s, back_waited.cold_start_s) == (10, 0.25)
 
 
 def test_requests_put_in_one_loop_turn_reach_the_worker_in_one_read() -> None:
