@@ -75,7 +75,6 @@ class OnDemand:
         self.pinned: set[str] = set()  # loaded at once, never evicted
         self.cold: dict[str, Cold] = {}  # loading or waiting for room (batch loop's)
         self.refused: dict[str, tuple[int | None, str]] = {}  # too large: (its version, why)
-        self.cold_failures: dict[str, str] = {}  # the last on-demand load that failed, and why
         self._announced: set[str] = set()
         self._trimmed_at = 0.0
         self._runtimes: set[str] = set()  # artifact formats loaded once here (set up, paid for)
@@ -106,14 +105,19 @@ class OnDemand:
 
     def load_pinned(self, cfg: ModelConfig) -> Servables:
         """A pool model that is never evicted: loaded now, charged like the others."""
+        servables, self.charges[cfg.name] = self._measured(cfg, lambda s: s.start())
+        self.pinned.add(cfg.name)
+        return servables
+
+    def _measured(self, cfg: ModelConfig, load: Callable[[Servables], None]) -> tuple[Servables, int]:
+        """Load one model (one load at a time) and what it costs: what the worker's private
+        memory grew by, at least its artifact's size."""
         with self._measure:
             before = private_bytes() or 0
             servables = self.host.make_servables(cfg)
-            servables.start()
+            load(servables)
             grew = max(0, (private_bytes() or 0) - before)
-            self.charges[cfg.name] = max(self._first_of_its_runtime(servables, grew), self._loaded_size(servables))
-        self.pinned.add(cfg.name)
-        return servables
+        return servables, max(self._first_of_its_runtime(servables, grew), self._loaded_size(servables))
 
     # ---- the batch loop -------------------------------------------------------------------------
     def touch(self, name: str, now: float) -> None:
@@ -187,10 +191,8 @@ class OnDemand:
         if servables is None or servables.current is None:
             why = cold.error or (servables.unavailable_reason() if servables else "load failed")
             log.error("%s: could not load on demand: %s", name, why)
-            self.cold_failures[name] = why  # the next request tries again
             error = f"model {name!r} could not load: {why}"
             return [], [(item, Outcome(503, error=error)) for item in cold.parked]
-        self.cold_failures.pop(name, None)
         self.charges[name] = self.costs[name] = cold.charge
         self.last_used[name] = now
         self.host.host(name, servables)
@@ -294,13 +296,7 @@ class OnDemand:
         while True:
             cold = self._loads.get()
             try:
-                with self._measure:
-                    before = private_bytes() or 0
-                    servables = self.host.make_servables(cold.cfg)
-                    servables.load_now()
-                    grew = max(0, (private_bytes() or 0) - before)
-                cold.charge = max(self._first_of_its_runtime(servables, grew), self._loaded_size(servables))
-                cold.servables = servables
+                cold.servables, cold.charge = self._measured(cold.cfg, lambda s: s.load_now())
             except Exception as e:  # a crash here must not stop every later load
                 log.exception("%s: on-demand load failed", cold.cfg.name)
                 cold.error = f"{type(e).__name__}: {e}"

@@ -185,8 +185,8 @@ class ModelWorker:
             results = self.handle(items)
             if on_demand is not None and on_demand.waited:
                 self._cold_started(items, results, on_demand.waited)
-            done = [i for i, result in enumerate(results) if result is not None]  # not parked
-            answer([items[i] for i in done], [results[i][1] for i in done], answers, (self.cfg.name, self.index))  # type: ignore[index]
+            answered = [(item, r[1]) for item, r in zip(items, results, strict=True) if r is not None]  # not parked
+            answer([a[0] for a in answered], [a[1] for a in answered], answers, (self.cfg.name, self.index))
             self._shadow(items, results)  # after the answers are on their way
         for servables in hosted.values():
             # An empty round waited with nothing queued: nothing from before it is still waiting.
@@ -242,8 +242,6 @@ class ModelWorker:
                 return [(o, o) for o in refused]
             gone = Outcome(404, error=f"model {model!r} is not served here")
             return [(gone, gone) for _ in items]
-        if self.on_demand is not None:
-            self.on_demand.touch(model, now)
         for item in items:
             queue_wait.observe(now - item.enqueued_at)
         works = [item.work for item in items]
